@@ -1,0 +1,255 @@
+"""The tables: tickets and their history, people and their contacts, messages both ways."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from storage.enums import OutboxStatus, TicketStatus
+from storage.types import UTCDateTime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(*, nullable: bool = False, index: bool = False, default_now: bool = False) -> Any:
+    """A UTC timestamp column."""
+    return Field(
+        default_factory=utcnow if default_now else None,
+        sa_column=sa.Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=sa.Column(sa.JSON(), nullable=False))
+
+
+class Requester(SQLModel, table=True):
+    """A person who asked one business for something; identities hang off it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=64, index=True)
+    display_name: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(default=None, max_length=8)
+    customer_ref: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts(default_now=True)
+
+
+class ContactIdentity(SQLModel, table=True):
+    """A way to reach or recognise a requester: a WhatsApp number, Telegram id or email."""
+
+    __tablename__ = "contact_identity"
+    __table_args__ = (sa.UniqueConstraint("tenant", "kind", "value"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    requester_id: int = Field(foreign_key="requester.id", index=True)
+    tenant: str = Field(max_length=64)
+    kind: str = Field(max_length=16)  # whatsapp | telegram | email | phone
+    value: str = Field(max_length=320)
+    verified_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts(default_now=True)
+
+
+class TicketCounter(SQLModel, table=True):
+    """The last reference number handed out per tenant and year."""
+
+    __tablename__ = "ticket_counter"
+
+    tenant: str = Field(max_length=64, primary_key=True)
+    year: int = Field(primary_key=True)
+    last: int = 0
+
+
+class Ticket(SQLModel, table=True):
+    """One privacy request and where it stands against its deadline."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "year", "seq"),
+        sa.Index("ix_ticket_status_due", "status", "due_at", "id"),
+        sa.Index("ix_ticket_tenant_due", "tenant", "due_at", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=64)
+    ref: str = Field(max_length=40, unique=True)
+    year: int
+    seq: int
+    kind: str = Field(max_length=32)
+    status: str = Field(default=TicketStatus.OPEN, max_length=32)
+    channel: str = Field(max_length=16)
+    language: str = Field(default="en", max_length=8)
+    requester_id: int | None = Field(default=None, foreign_key="requester.id", index=True)
+    details: str | None = None
+    received_at: datetime = _ts(default_now=True)
+    verified_at: datetime | None = _ts(nullable=True)
+    clock_started_at: datetime | None = _ts(nullable=True)
+    due_at: datetime | None = _ts(nullable=True)
+    closed_at: datetime | None = _ts(nullable=True)
+    assignee_user_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    assignee_name: str | None = Field(default=None, max_length=200)
+    staff_message_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    staff_thread_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    created_at: datetime = _ts(default_now=True)
+    updated_at: datetime = _ts(default_now=True)
+
+
+class TicketEvent(SQLModel, table=True):
+    """An append-only line of a ticket's history: who did what, when."""
+
+    __tablename__ = "ticket_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    at: datetime = _ts(default_now=True)
+    actor: str = Field(max_length=120)  # customer | system | staff:<telegram id> | admin:<id>
+    kind: str = Field(max_length=40)
+    data: dict[str, Any] = _json()
+    prev_hash: str | None = Field(default=None, max_length=64)
+    hash: str | None = Field(default=None, max_length=64)
+
+
+class Conversation(SQLModel, table=True):
+    """Where one customer stands in the dialogue with one business on one channel."""
+
+    __table_args__ = (sa.UniqueConstraint("channel", "address", "tenant"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    address: str = Field(max_length=64)  # whatsapp:+E164 or the Telegram chat id
+    tenant: str = Field(default="", max_length=64)  # "" until the business is known
+    requester_id: int | None = Field(default=None, foreign_key="requester.id")
+    step: str = Field(default="start", max_length=40)
+    state: dict[str, Any] = _json()
+    language: str | None = Field(default=None, max_length=8)
+    last_inbound_at: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts(default_now=True)
+
+
+class InboundMessage(SQLModel, table=True):
+    """A webhook's payload, stored before it is acknowledged and processed at least once."""
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "provider_id"),
+        sa.Index("ix_inbound_pending", "processed_at", "next_attempt_at", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    provider_id: str = Field(max_length=64)  # Twilio MessageSid / Telegram update_id
+    kind: str = Field(default="message", max_length=16)  # message | status | callback
+    tenant: str | None = Field(default=None, max_length=64)
+    sender: str = Field(default="", max_length=64)
+    payload: dict[str, Any] = _json()
+    received_at: datetime = _ts(default_now=True)
+    processed_at: datetime | None = _ts(nullable=True)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    locked_until: datetime | None = _ts(nullable=True)
+    last_error: str | None = Field(default=None, max_length=500)
+
+
+class OutboundMessage(SQLModel, table=True):
+    """A message waiting for (or done with) delivery: the durable outbox."""
+
+    __tablename__ = "outbound_message"
+    __table_args__ = (
+        sa.Index("ix_outbound_due", "status", "next_attempt_at", "id"),
+        sa.Index("ix_outbound_recipient", "channel", "recipient", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    tenant: str | None = Field(default=None, max_length=64)
+    recipient: str = Field(max_length=64)
+    payload: dict[str, Any] = _json()
+    status: str = Field(default=OutboxStatus.PENDING, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts(default_now=True)
+    locked_until: datetime | None = _ts(nullable=True)
+    locked_by: str | None = Field(default=None, max_length=64)
+    provider_id: str | None = Field(default=None, max_length=64)
+    provider_status: str | None = Field(default=None, max_length=32)
+    dedupe_key: str | None = Field(default=None, max_length=200, unique=True)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts(default_now=True)
+    sent_at: datetime | None = _ts(nullable=True)
+
+
+class ConsentRecord(SQLModel, table=True):
+    """The consent ledger: who said yes or no to what, when, where and in which words."""
+
+    __tablename__ = "consent_record"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=64, index=True)
+    requester_id: int | None = Field(default=None, foreign_key="requester.id")
+    channel: str = Field(max_length=16)
+    address: str = Field(max_length=320)
+    category: str = Field(max_length=40)  # marketing | cookies:analytics | ...
+    granted: bool
+    words: str | None = Field(default=None, max_length=200)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
+    at: datetime = _ts(default_now=True)
+
+
+class Suppression(SQLModel, table=True):
+    """Someone who must not be contacted for a purpose: the current state of the ledger."""
+
+    __table_args__ = (sa.UniqueConstraint("tenant", "channel", "address", "category"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=64)
+    channel: str = Field(max_length=16)
+    address: str = Field(max_length=320)
+    category: str = Field(max_length=40)
+    created_at: datetime = _ts(default_now=True)
+
+
+class VerificationCode(SQLModel, table=True):
+    """A one-time code mailed to prove an identity: stored hashed, short-lived, rate-limited."""
+
+    __tablename__ = "verification_code"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    email: str = Field(max_length=320)
+    code_hash: str = Field(max_length=128)
+    created_at: datetime = _ts(default_now=True)
+    expires_at: datetime = _ts()
+    last_sent_at: datetime = _ts(default_now=True)
+    attempts: int = 0
+    locked_until: datetime | None = _ts(nullable=True)
+    verified_at: datetime | None = _ts(nullable=True)
+
+
+class AdminUser(SQLModel, table=True):
+    """Someone who signs in to the admin pages."""
+
+    __tablename__ = "admin_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    password_hash: str = Field(max_length=200)
+    role: str = Field(default="viewer", max_length=16)  # admin | viewer
+    disabled: bool = False
+    created_at: datetime = _ts(default_now=True)
+    last_login_at: datetime | None = _ts(nullable=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the JSON API, kept only as its hash."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    token_hash: str = Field(max_length=128, unique=True)
+    created_at: datetime = _ts(default_now=True)
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
