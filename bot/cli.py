@@ -1,0 +1,200 @@
+"""The `rightsdesk` command: serve, clock, migrate, check-config, admin and token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Sequence
+
+from bot import accounts
+from bot.logs import configure
+from bot.settings import Settings, SettingsError, load_settings
+from bot.tenants import TenantConfigError, Tenants, load_tenants
+from storage.db import create_engine, migrate, session_factory
+
+EXIT_CONFIG = 2
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"rightsdesk: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _tenants(settings: Settings) -> Tenants:
+    try:
+        return load_tenants(settings.tenants_dir)
+    except TenantConfigError as exc:
+        print(f"rightsdesk: invalid tenant configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from bot.app import create_app
+
+    settings = _settings()
+    configure()
+    app = create_app(settings, tenants=_tenants(settings))
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
+    return 0
+
+
+def cmd_clock(args: argparse.Namespace) -> int:
+    from bot.scheduler import run_clock
+
+    settings = _settings()
+    configure()
+    asyncio.run(run_clock(settings, _tenants(settings)))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configure()
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    print("database is up to date")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings()
+    tenants = _tenants(settings)
+    for tenant in tenants:
+        print(f"ok  {tenant.slug}: {tenant.name}")
+    channels = [
+        name
+        for name, on in (("whatsapp", settings.whatsapp_enabled), ("telegram", settings.telegram_enabled))
+        if on
+    ]
+    print(f"settings ok; channels on: {', '.join(channels) or 'none (sandbox only)'}")
+    return 0
+
+
+def cmd_admin_create(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+    try:
+        accounts.check_password(password)
+    except ValueError as exc:
+        print(f"rightsdesk: {exc}", file=sys.stderr)
+        return 1
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate_if_sqlite(engine, settings)
+            await accounts.create_admin(
+                session_factory(engine), email=args.email, password=password, role=args.role
+            )
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except accounts.AccountError as exc:
+        print(f"rightsdesk: {exc}", file=sys.stderr)
+        return 1
+    print(f"created {args.role} {args.email}")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    settings = _settings()
+
+    async def run() -> str:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate_if_sqlite(engine, settings)
+            return await accounts.create_token(session_factory(engine), name=args.name)
+        finally:
+            await engine.dispose()
+
+    try:
+        token = asyncio.run(run())
+    except accounts.AccountError as exc:
+        print(f"rightsdesk: {exc}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    settings = _settings()
+
+    async def run() -> bool:
+        engine = create_engine(settings.database_url)
+        try:
+            return await accounts.revoke_token(session_factory(engine), name=args.name)
+        finally:
+            await engine.dispose()
+
+    if not asyncio.run(run()):
+        print(f"rightsdesk: no active token named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.name}")
+    return 0
+
+
+async def migrate_if_sqlite(engine: object, settings: Settings) -> None:
+    """The embedded default needs no separate `migrate` step, as with `serve`."""
+    from storage.db import is_empty
+
+    if settings.is_sqlite and await is_empty(engine):  # type: ignore[arg-type]
+        await migrate(engine)  # type: ignore[arg-type]
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="rightsdesk", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="web process: webhooks, admin, API, workers").set_defaults(
+        func=cmd_serve
+    )
+    sub.add_parser("clock", help="scheduler only").set_defaults(func=cmd_clock)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("check-config", help="validate settings and tenant files").set_defaults(
+        func=cmd_check_config
+    )
+    admin = sub.add_parser("admin", help="admin-page users").add_subparsers(
+        dest="admin_command", required=True
+    )
+    create = admin.add_parser("create", help="create an admin-page user")
+    create.add_argument("email")
+    create.add_argument("--role", choices=["admin", "viewer"], default="admin")
+    create.add_argument("--password-stdin", action="store_true")
+    create.set_defaults(func=cmd_admin_create)
+    token = sub.add_parser("token", help="API bearer tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    token_create = token.add_parser("create", help="print a new token once")
+    token_create.add_argument("name")
+    token_create.set_defaults(func=cmd_token_create)
+    token_revoke = token.add_parser("revoke", help="revoke a token")
+    token_revoke.add_argument("name")
+    token_revoke.set_defaults(func=cmd_token_revoke)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The inbox worker: processes stored inbound messages in order per sender, each exactly once.
+
+Processing a message and everything it causes (state, tickets, outbox rows) commit in one
+transaction together with marking the message processed, so a crash either keeps all of it
+or none, and the message is simply processed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import inbound
+from storage.db import SessionFactory, transaction
+from storage.models import InboundMessage, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=30)  # a worker that has not finished by then is presumed dead
+
+
+class Handler(Protocol):
+    """Acts on one stored inbound message inside the caller's transaction."""
+
+    async def __call__(self, session: AsyncSession, message: InboundMessage) -> None: ...
+
+
+def retry_delay(attempts: int) -> float:
+    return min(600.0, 2.0 ** min(attempts, 10)) * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class InboxWorker:
+    sessions: SessionFactory
+    handler: Handler
+    now: Callable[[], datetime] = utcnow
+    batch: int = 20
+    idle_wait: float = 1.0
+    lease: timedelta = LEASE
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Process one batch of due messages; how many were claimed."""
+        async with transaction(self.sessions) as session:
+            claimed = await inbound.claim(
+                session, now=self.now(), lease=self.lease, limit=self.batch
+            )
+        for message in claimed:
+            await self._process(message)
+        if claimed:
+            for hook in self.after_commit:
+                hook()
+        return len(claimed)
+
+    async def _process(self, claimed: InboundMessage) -> None:
+        assert claimed.id is not None
+        try:
+            async with transaction(self.sessions) as session:
+                message = await inbound.lock_for_processing(session, claimed.id)
+                if message is None:
+                    return
+                await self.handler(session, message)
+                await inbound.mark_processed(session, claimed.id, now=self.now())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = retry_delay(claimed.attempts)
+            log.exception(
+                "inbound %s (%s) failed on attempt %s; retry in %.0fs",
+                claimed.id, claimed.channel, claimed.attempts, delay,
+            )
+            async with transaction(self.sessions) as session:
+                await inbound.mark_retry(
+                    session,
+                    claimed.id,
+                    at=self.now() + timedelta(seconds=delay),
+                    error=type(exc).__name__,
+                )
+            return
+        log.info("inbound %s (%s) processed", claimed.id, claimed.channel)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbox pass failed; retrying shortly")
+                busy = 0
+                await asyncio.sleep(2)
+            if busy:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
+            except TimeoutError:
+                pass
+            self._wake.clear()

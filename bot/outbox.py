@@ -1,0 +1,146 @@
+"""The outbox worker: delivers queued messages through each channel's sender, exactly once
+per message while processes live, retrying what the provider could not take yet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from storage import outbox
+from storage.db import SessionFactory, transaction
+from storage.models import OutboundMessage, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=60)  # a sender that has not finished by then is presumed dead
+MAX_ATTEMPTS = 25  # ~ a day of backoff at the cap below
+BACKOFF_CAP = 3600.0
+
+
+class SendError(Exception):
+    """A provider refused a message; `retryable` says whether trying later can help."""
+
+    def __init__(self, reason: str, *, retryable: bool, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Sender(Protocol):
+    """Delivers one outbox payload on one channel and returns the provider's message id."""
+
+    async def send(self, recipient: str, payload: Mapping[str, Any]) -> str | None: ...
+
+
+class Observer(Protocol):
+    def __call__(self, channel: str, result: str) -> None: ...
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try: exponential from 2 s with jitter, capped at an hour."""
+    base: float = min(BACKOFF_CAP, 2.0 ** min(attempts, 12))
+    return base * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class OutboxWorker:
+    """Claims due messages, sends them concurrently (one at a time per recipient)."""
+
+    sessions: SessionFactory
+    senders: Mapping[str, Sender]
+    observe: Observer | None = None
+    now: Callable[[], datetime] = utcnow
+    batch: int = 50
+    idle_wait: float = 1.0
+    lease: timedelta = LEASE
+
+    def __post_init__(self) -> None:
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look at the outbox now rather than at the next poll."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim and deliver one batch; how many messages were claimed."""
+        async with transaction(self.sessions) as session:
+            claimed = await outbox.claim(
+                session, worker=self.name, now=self.now(), lease=self.lease, limit=self.batch
+            )
+        if claimed:
+            await asyncio.gather(*(self._deliver(message) for message in claimed))
+        return len(claimed)
+
+    async def run(self) -> None:
+        """Deliver until cancelled; database errors pause the loop instead of ending it."""
+        while True:
+            try:
+                busy = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox pass failed; retrying shortly")
+                busy = 0
+                await asyncio.sleep(2)
+            if busy:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _deliver(self, message: OutboundMessage) -> None:
+        assert message.id is not None
+        sender = self.senders.get(message.channel)
+        if sender is None:
+            await self._retry_later(message, "channel not configured", delay=60.0)
+            return
+        try:
+            provider_id = await sender.send(message.recipient, message.payload)
+        except SendError as exc:
+            if exc.retryable and message.attempts < MAX_ATTEMPTS:
+                delay = exc.retry_after if exc.retry_after is not None else backoff(message.attempts)
+                await self._retry_later(message, str(exc), delay=delay)
+            else:
+                await self._fail(message, str(exc))
+            return
+        except Exception as exc:  # a bug in a sender must not leave the row claimed
+            log.exception("outbox message %s: unexpected sender error", message.id)
+            await self._retry_later(message, f"{type(exc).__name__}", delay=backoff(message.attempts))
+            return
+        async with transaction(self.sessions) as session:
+            await outbox.mark_sent(
+                session, message.id, worker=self.name, provider_id=provider_id, now=self.now()
+            )
+        log.info("outbox message %s sent on %s", message.id, message.channel)
+        self._count(message.channel, "sent")
+
+    async def _retry_later(self, message: OutboundMessage, reason: str, *, delay: float) -> None:
+        assert message.id is not None
+        at = self.now() + timedelta(seconds=delay)
+        async with transaction(self.sessions) as session:
+            await outbox.mark_retry(session, message.id, worker=self.name, at=at, error=reason)
+        log.warning(
+            "outbox message %s on %s: retry in %.1fs (%s)", message.id, message.channel, delay, reason
+        )
+        self._count(message.channel, "retry")
+
+    async def _fail(self, message: OutboundMessage, reason: str) -> None:
+        assert message.id is not None
+        async with transaction(self.sessions) as session:
+            await outbox.mark_failed(session, message.id, worker=self.name, error=reason)
+        log.error("outbox message %s on %s failed: %s", message.id, message.channel, reason)
+        self._count(message.channel, "failed")
+
+    def _count(self, channel: str, result: str) -> None:
+        if self.observe is not None:
+            self.observe(channel, result)

@@ -1,0 +1,171 @@
+"""The durable outbox: queue in the caller's transaction, claim exclusively, record the end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.enums import OutboxStatus
+from storage.models import OutboundMessage
+
+_T = OutboundMessage.__table__  # type: ignore[attr-defined]
+
+
+def enqueue(
+    session: AsyncSession,
+    *,
+    channel: str,
+    recipient: str,
+    payload: dict[str, Any],
+    tenant: str | None = None,
+    ticket_id: int | None = None,
+    dedupe_key: str | None = None,
+    not_before: datetime | None = None,
+) -> OutboundMessage:
+    """Add a message to the outbox; it is sent only if the caller's transaction commits."""
+    message = OutboundMessage(
+        channel=channel,
+        recipient=recipient,
+        payload=payload,
+        tenant=tenant,
+        ticket_id=ticket_id,
+        dedupe_key=dedupe_key,
+    )
+    if not_before is not None:
+        message.next_attempt_at = not_before
+    session.add(message)
+    return message
+
+
+async def claim(
+    session: AsyncSession, *, worker: str, now: datetime, lease: timedelta, limit: int
+) -> Sequence[OutboundMessage]:
+    """Take up to `limit` due messages, at most one per recipient, oldest first.
+
+    A message is due when it is pending (or its sender's lease ran out, i.e. the process
+    died mid-send) and nothing older to the same recipient is still waiting: customers
+    get their messages in order. On PostgreSQL, SKIP LOCKED lets several workers claim
+    side by side without ever taking the same row.
+    """
+    older = _T.alias("older")
+    claimable = sa.or_(
+        _T.c.status == OutboxStatus.PENDING,
+        sa.and_(_T.c.status == OutboxStatus.SENDING, _T.c.locked_until < now),
+    )
+    waiting_before = (
+        sa.select(older.c.id)
+        .where(
+            older.c.channel == _T.c.channel,
+            older.c.recipient == _T.c.recipient,
+            older.c.id < _T.c.id,
+            older.c.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]),
+        )
+        .exists()
+    )
+    candidates = (
+        sa.select(_T.c.id)
+        .where(claimable, _T.c.next_attempt_at <= now, ~waiting_before)
+        .order_by(_T.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.exec(candidates)).scalars())
+    if not ids:
+        return []
+    await session.exec(
+        sa.update(_T)
+        .where(_T.c.id.in_(ids))
+        .values(
+            status=OutboxStatus.SENDING,
+            locked_by=worker,
+            locked_until=now + lease,
+            attempts=_T.c.attempts + 1,
+        )
+    )
+    rows = await session.exec(
+        select(OutboundMessage)
+        .where(col(OutboundMessage.id).in_(ids))
+        .order_by(col(OutboundMessage.id))
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
+
+
+async def _finish(
+    session: AsyncSession, message_id: int, worker: str, **values: Any
+) -> bool:
+    """Record an outcome only while we still hold the claim (a stale worker changes nothing)."""
+    result = await session.exec(
+        sa.update(_T)
+        .where(
+            _T.c.id == message_id,
+            _T.c.status == OutboxStatus.SENDING,
+            _T.c.locked_by == worker,
+        )
+        .values(locked_until=None, **values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def mark_sent(
+    session: AsyncSession, message_id: int, *, worker: str, provider_id: str | None, now: datetime
+) -> bool:
+    return await _finish(
+        session,
+        message_id,
+        worker,
+        status=OutboxStatus.SENT,
+        provider_id=provider_id,
+        sent_at=now,
+        last_error=None,
+    )
+
+
+async def mark_retry(
+    session: AsyncSession, message_id: int, *, worker: str, at: datetime, error: str
+) -> bool:
+    return await _finish(
+        session,
+        message_id,
+        worker,
+        status=OutboxStatus.PENDING,
+        next_attempt_at=at,
+        last_error=error[:500],
+    )
+
+
+async def mark_failed(
+    session: AsyncSession, message_id: int, *, worker: str, error: str
+) -> bool:
+    return await _finish(
+        session, message_id, worker, status=OutboxStatus.FAILED, last_error=error[:500]
+    )
+
+
+async def depth(session: AsyncSession) -> int:
+    """How many messages wait to be sent (pending or in flight)."""
+    result = await session.exec(
+        sa.select(sa.func.count())
+        .select_from(_T)
+        .where(_T.c.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
+    )
+    return int(result.scalar_one())
+
+
+async def record_status(
+    session: AsyncSession, *, provider_id: str, status: str
+) -> int | None:
+    """Store a provider's delivery status for the message it names; its id if known."""
+    result = await session.exec(
+        sa.update(_T)
+        .where(_T.c.provider_id == provider_id)
+        .values(provider_status=status[:32])
+        .returning(_T.c.id)
+    )
+    row = result.first()
+    return int(row[0]) if row else None
