@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from storage.db import SessionFactory, transaction
 from storage.models import AdminUser, ApiToken, utcnow
 
-TOKEN_PREFIX = "rd_"
+TOKEN_PREFIX = "rd_"  # noqa: S105 (a label, not a secret)
 MIN_PASSWORD = 12
 
 _hasher = PasswordHasher()

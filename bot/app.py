@@ -106,7 +106,9 @@ async def _start_telegram(deps: Deps) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("telegram start-up failed (%s); retrying in %.0fs", type(exc).__name__, delay)
+            log.warning(
+                "telegram start-up failed (%s); retrying in %.0fs", type(exc).__name__, delay
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60)
     await telegram.poll(deps)

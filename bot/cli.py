@@ -77,7 +77,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"ok  {tenant.slug}: {tenant.name}")
     channels = [
         name
-        for name, on in (("whatsapp", settings.whatsapp_enabled), ("telegram", settings.telegram_enabled))
+        for name, on in (
+            ("whatsapp", settings.whatsapp_enabled),
+            ("telegram", settings.telegram_enabled),
+        )
         if on
     ]
     print(f"settings ok; channels on: {', '.join(channels) or 'none (sandbox only)'}")

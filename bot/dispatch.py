@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.i18n import _, guess_language, translate
 from bot.messages import Inbound
@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 Parser = Callable[[InboundMessage], Inbound | None]
 
 ACKNOWLEDGEMENT = _(
-    "Thank you, we have received your message. "
-    "The privacy team of {business} will answer you here."
+    "Thank you, we have received your message. The privacy team of {business} will answer you here."
 )
 
 

@@ -8,6 +8,7 @@ or none, and the message is simply processed again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import inbound
 from storage.db import SessionFactory, transaction
@@ -80,7 +81,10 @@ class InboxWorker:
             delay = retry_delay(claimed.attempts)
             log.exception(
                 "inbound %s (%s) failed on attempt %s; retry in %.0fs",
-                claimed.id, claimed.channel, claimed.attempts, delay,
+                claimed.id,
+                claimed.channel,
+                claimed.attempts,
+                delay,
             )
             async with transaction(self.sessions) as session:
                 await inbound.mark_retry(
@@ -104,8 +108,6 @@ class InboxWorker:
                 await asyncio.sleep(2)
             if busy:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
-            except TimeoutError:
-                pass
             self._wake.clear()

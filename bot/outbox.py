@@ -4,6 +4,7 @@ per message while processes live, retrying what the provider could not take yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -92,10 +93,8 @@ class OutboxWorker:
                 await asyncio.sleep(2)
             if busy:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def _deliver(self, message: OutboundMessage) -> None:
@@ -108,14 +107,18 @@ class OutboxWorker:
             provider_id = await sender.send(message.recipient, message.payload)
         except SendError as exc:
             if exc.retryable and message.attempts < MAX_ATTEMPTS:
-                delay = exc.retry_after if exc.retry_after is not None else backoff(message.attempts)
+                delay = (
+                    exc.retry_after if exc.retry_after is not None else backoff(message.attempts)
+                )
                 await self._retry_later(message, str(exc), delay=delay)
             else:
                 await self._fail(message, str(exc))
             return
         except Exception as exc:  # a bug in a sender must not leave the row claimed
             log.exception("outbox message %s: unexpected sender error", message.id)
-            await self._retry_later(message, f"{type(exc).__name__}", delay=backoff(message.attempts))
+            await self._retry_later(
+                message, f"{type(exc).__name__}", delay=backoff(message.attempts)
+            )
             return
         async with transaction(self.sessions) as session:
             await outbox.mark_sent(
@@ -130,7 +133,11 @@ class OutboxWorker:
         async with transaction(self.sessions) as session:
             await outbox.mark_retry(session, message.id, worker=self.name, at=at, error=reason)
         log.warning(
-            "outbox message %s on %s: retry in %.1fs (%s)", message.id, message.channel, delay, reason
+            "outbox message %s on %s: retry in %.1fs (%s)",
+            message.id,
+            message.channel,
+            delay,
+            reason,
         )
         self._count(message.channel, "retry")
 

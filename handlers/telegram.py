@@ -47,7 +47,7 @@ class BadUpdate(ValueError):
 
 
 def make_bot(settings: Settings) -> ExtBot[None]:
-    """The real python-telegram-bot client at TELEGRAM_API_BASE_URL, rate-limited as Telegram asks."""
+    """The real python-telegram-bot client at TELEGRAM_API_BASE_URL, rate-limited."""
     assert settings.telegram_bot_token is not None
     base = settings.telegram_base
     return ExtBot(
@@ -56,7 +56,7 @@ def make_bot(settings: Settings) -> ExtBot[None]:
         base_file_url=f"{base}/file/bot",
         request=HTTPXRequest(connection_pool_size=32, read_timeout=15, write_timeout=15),
         get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=40),
-        rate_limiter=AIORateLimiter(max_retries=0),
+        rate_limiter=AIORateLimiter(max_retries=0),  # type: ignore[arg-type]
     )
 
 
@@ -205,7 +205,7 @@ async def register_webhook(deps: Deps) -> None:
     log.info("telegram webhook registered")
 
 
-async def poll(deps: Deps, *, timeout: int = 25) -> None:
+async def poll(deps: Deps, *, poll_seconds: int = 25) -> None:
     """Long-poll getUpdates, storing each update before confirming it with the next offset."""
     bot = deps.telegram_bot
     await bot.delete_webhook(drop_pending_updates=False)
@@ -213,7 +213,7 @@ async def poll(deps: Deps, *, timeout: int = 25) -> None:
     while True:
         try:
             updates = await bot.get_updates(
-                offset=offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES
+                offset=offset, timeout=poll_seconds, allowed_updates=ALLOWED_UPDATES
             )
         except (TimedOut, NetworkError, RetryAfter) as exc:
             log.warning("telegram polling: %s; retrying", type(exc).__name__)
@@ -226,7 +226,9 @@ async def poll(deps: Deps, *, timeout: int = 25) -> None:
                     await store_update(deps, data)
                     break
                 except (SQLAlchemyError, OSError):
-                    log.exception("telegram update %s could not be stored; retrying", update.update_id)
+                    log.exception(
+                        "telegram update %s could not be stored; retrying", update.update_id
+                    )
                     await asyncio.sleep(2)
             offset = update.update_id + 1
         if updates:
@@ -248,7 +250,8 @@ class TelegramSender:
             return await self._call(int(recipient), payload)
         except RetryAfter as exc:
             raise SendError(
-                "telegram flood control", retryable=True,
+                "telegram flood control",
+                retryable=True,
                 retry_after=_retry_after_seconds(exc.retry_after),
             ) from None
         except (Forbidden, InvalidToken, ChatMigrated) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -25,11 +24,10 @@ from bot.logs import mask_phone
 from bot.messages import Inbound, Media
 from bot.outbox import SendError
 from bot.settings import Settings
+from handlers.web import DEPS
 from storage import inbound as inbound_store
 from storage.db import transaction
 from storage.enums import Channel
-
-from handlers.web import DEPS
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +211,7 @@ async def receive_status(request: web.Request) -> web.Response:
     return _answer()
 
 
-class TwilioHttpClient(AsyncTwilioHttpClient):
+class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
     """twilio's own async client, pointed at TWILIO_API_BASE_URL instead of *.twilio.com."""
 
     def __init__(self, base_url: str, *, timeout: float = 15.0) -> None:
@@ -268,10 +266,9 @@ class WhatsAppSender:
         except TwilioRestException as exc:
             retryable = exc.status == 429 or exc.status >= 500
             raise SendError(f"twilio {exc.status} code {exc.code}", retryable=retryable) from None
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise SendError(f"network: {type(exc).__name__}", retryable=True) from None
         return str(message.sid)
 
     async def close(self) -> None:
         await self._http.close()
-

@@ -43,7 +43,7 @@ async def store(
         "next_attempt_at": now,
         "attempts": 0,
     }
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
         insert(_T)
@@ -79,13 +79,13 @@ async def claim(
         .exists()
     )
     candidates = (
-        sa.select(_T.c.id)
+        select(col(InboundMessage.id))
         .where(due, ~earlier_pending)
         .order_by(_T.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    ids = list((await session.exec(candidates)).scalars())
+    ids = list(await session.exec(candidates))
     if not ids:
         return []
     await session.exec(
@@ -121,9 +121,7 @@ async def mark_processed(session: AsyncSession, message_id: int, *, now: datetim
     )
 
 
-async def mark_retry(
-    session: AsyncSession, message_id: int, *, at: datetime, error: str
-) -> None:
+async def mark_retry(session: AsyncSession, message_id: int, *, at: datetime, error: str) -> None:
     await session.exec(
         sa.update(_T)
         .where(_T.c.id == message_id)
@@ -134,10 +132,7 @@ async def mark_retry(
 async def counts(session: AsyncSession) -> tuple[int, int]:
     """(waiting to be processed, parked after too many failures)."""
     parked = _T.c.attempts >= MAX_ATTEMPTS
-    result = await session.exec(
-        sa.select(
-            sa.func.count().filter(~parked), sa.func.count().filter(parked)
-        ).where(_T.c.processed_at.is_(None))
-    )
+    query = sa.select(sa.func.count().filter(~parked), sa.func.count().filter(parked))
+    result = await session.exec(query.where(_T.c.processed_at.is_(None)))  # type: ignore[call-overload]
     waiting, stuck = result.one()
     return int(waiting), int(stuck)

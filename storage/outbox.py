@@ -68,13 +68,13 @@ async def claim(
         .exists()
     )
     candidates = (
-        sa.select(_T.c.id)
+        select(col(OutboundMessage.id))
         .where(claimable, _T.c.next_attempt_at <= now, ~waiting_before)
         .order_by(_T.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    ids = list((await session.exec(candidates)).scalars())
+    ids = list(await session.exec(candidates))
     if not ids:
         return []
     await session.exec(
@@ -96,9 +96,7 @@ async def claim(
     return list(rows)
 
 
-async def _finish(
-    session: AsyncSession, message_id: int, worker: str, **values: Any
-) -> bool:
+async def _finish(session: AsyncSession, message_id: int, worker: str, **values: Any) -> bool:
     """Record an outcome only while we still hold the claim (a stale worker changes nothing)."""
     result = await session.exec(
         sa.update(_T)
@@ -109,7 +107,7 @@ async def _finish(
         )
         .values(locked_until=None, **values)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)
 
 
 async def mark_sent(
@@ -139,9 +137,7 @@ async def mark_retry(
     )
 
 
-async def mark_failed(
-    session: AsyncSession, message_id: int, *, worker: str, error: str
-) -> bool:
+async def mark_failed(session: AsyncSession, message_id: int, *, worker: str, error: str) -> bool:
     return await _finish(
         session, message_id, worker, status=OutboxStatus.FAILED, last_error=error[:500]
     )
@@ -150,16 +146,14 @@ async def mark_failed(
 async def depth(session: AsyncSession) -> int:
     """How many messages wait to be sent (pending or in flight)."""
     result = await session.exec(
-        sa.select(sa.func.count())
-        .select_from(_T)
-        .where(_T.c.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
+        select(sa.func.count()).where(
+            col(OutboundMessage.status).in_([OutboxStatus.PENDING, OutboxStatus.SENDING])
+        )
     )
-    return int(result.scalar_one())
+    return int(result.one())
 
 
-async def record_status(
-    session: AsyncSession, *, provider_id: str, status: str
-) -> int | None:
+async def record_status(session: AsyncSession, *, provider_id: str, status: str) -> int | None:
     """Store a provider's delivery status for the message it names; its id if known."""
     result = await session.exec(
         sa.update(_T)
