@@ -357,6 +357,7 @@ def test_pauses_outside_the_running_clock() -> None:
     before = (utc("2026-01-01 00:00"), utc("2026-01-05 08:00"))
     after = (utc("2026-01-13 00:00"), utc("2026-01-20 00:00"))
     assert due_with_pauses(MON, five, GB, [before, after]) == utc("2026-01-12 23:59:59")
+    assert due_with_pauses(MON, parse_duration("10 hours"), GB, [before]) == utc("2026-01-05 19:00")
     # a pause straddling the start only counts from the start: Mon 09:00-12:00 = 3 h
     straddle = (utc("2026-01-05 08:00"), utc("2026-01-05 12:00"))
     assert due_with_pauses(MON, parse_duration("10 hours"), GB, [straddle]) == utc(

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
+from telegram.error import BadRequest, Conflict, Forbidden, NetworkError, RetryAfter
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -65,6 +65,10 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+def basic_auth(login: str, password: str) -> dict[str, str]:
+    return {"Authorization": aiohttp.encode_basic_auth(login, password)}
+
+
 # ---------------------------------------------------------------------- Telegram
 
 
@@ -72,7 +76,9 @@ async def test_bot_sends_edits_and_uploads(telegram: FakeTelegram, bot: Bot) -> 
     assert bot.username == "rightsdesk_test_bot"  # Bot.initialize called getMe
     keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("Erase", callback_data="erase")]])
 
-    first = await bot.send_message(42, "Hello <b>there</b>", parse_mode="HTML", reply_markup=keyboard)
+    first = await bot.send_message(
+        42, "Hello <b>there</b>", parse_mode="HTML", reply_markup=keyboard
+    )
     second = await bot.send_message(42, "Second")
     edited = await bot.edit_message_text("Edited", chat_id=42, message_id=first.message_id)
     document = await bot.send_document(-1001, b"%PDF-1.4 data", filename="export.pdf")
@@ -81,7 +87,10 @@ async def test_bot_sends_edits_and_uploads(telegram: FakeTelegram, bot: Bot) -> 
     assert first.text == "Hello there" and first.reply_markup == keyboard
     assert edited.text == "Edited" and edited.reply_markup is None and edited.edit_date
     assert document.document.file_name == "export.pdf"
-    assert [c.params["text"] for c in telegram.sent_messages(42)] == ["Hello <b>there</b>", "Second"]
+    assert [c.params["text"] for c in telegram.sent_messages(42)] == [
+        "Hello <b>there</b>",
+        "Second",
+    ]
     assert telegram.sent_messages(42)[0].params["reply_markup"] == keyboard.to_dict()
     assert telegram.calls_to("sendDocument")[0].params["document"].data == b"%PDF-1.4 data"
     assert [m["text"] for m in telegram.messages_in(42)] == ["Edited", "Second"]
@@ -107,20 +116,18 @@ async def test_webhook_and_commands(telegram: FakeTelegram, bot: Bot) -> None:
     assert telegram.webhook["secret_token"] == "s3cr3t_"
     assert [c["command"] for c in telegram.commands[("default", "")]] == ["tickets", "help"]
 
-    with pytest.raises(BadRequest, match="HTTPS URL must be provided"):
+    with pytest.raises(BadRequest, match=r"(?i)https url must be provided"):
         await bot.set_webhook("http://127.0.0.1:8080/webhooks/telegram")
     assert len(telegram.violations) == 1
 
     telegram.push_message(42, "hi")
-    with pytest.raises(NetworkError, match="Conflict"):  # Conflict is a NetworkError
+    with pytest.raises(Conflict, match="webhook is active"):
         await bot.get_updates()
     assert await bot.delete_webhook()
     assert (await bot.get_webhook_info()).pending_update_count == 1
 
 
-async def test_get_updates_long_polls_for_pushed_updates(
-    telegram: FakeTelegram, bot: Bot
-) -> None:
+async def test_get_updates_long_polls_for_pushed_updates(telegram: FakeTelegram, bot: Bot) -> None:
     first = telegram.push_message(42, "/start optician-dynamics")
     updates = await bot.get_updates(timeout=5)
     assert [u.update_id for u in updates] == [first["update_id"]]
@@ -166,12 +173,12 @@ async def test_blocked_user_is_forbidden(telegram: FakeTelegram, bot: Bot) -> No
 async def test_text_rules_are_checked(telegram: FakeTelegram, bot: Bot) -> None:
     with pytest.raises(BadRequest, match="parse entities"):
         await bot.send_message(42, "Due 1 May <br> ok", parse_mode="HTML")
-    with pytest.raises(BadRequest, match="Character '.' is reserved"):
+    with pytest.raises(BadRequest, match="'-' is reserved"):
         await bot.send_message(42, "Ticket OD-2026-00042.", parse_mode="MarkdownV2")
     with pytest.raises(BadRequest, match="too long"):
         await bot.send_message(42, "x" * 4097)
     text_only = InlineKeyboardMarkup([[InlineKeyboardButton("No action")]])
-    with pytest.raises(BadRequest, match="Text buttons are unallowed"):
+    with pytest.raises(BadRequest, match=r"(?i)text buttons are unallowed"):
         await bot.send_message(42, "Pick", reply_markup=text_only)
     assert len(telegram.violations) == 4 and telegram.calls == telegram.calls_to("getMe")
 
@@ -184,7 +191,11 @@ async def test_invalid_raw_calls_are_refused_and_recorded(
         (f"{api}/sendMessage", {"chat_id": "42", "text": "hi", "colour": "red"}, 400),
         (f"{api}/sendMessage", {"chat_id": "42"}, 400),
         (f"{api}/sendMessage", {"chat_id": "42", "text": "hi", "reply_markup": "{oops"}, 400),
-        (f"{api}/sendMessage", {"chat_id": "forty-two", "text": "hi", "disable_notification": "maybe"}, 400),
+        (
+            f"{api}/sendMessage",
+            {"chat_id": "forty-two", "text": "hi", "disable_notification": "maybe"},
+            400,
+        ),
         (f"{api}/sendMesage", {"chat_id": "42", "text": "hi"}, 404),
         (f"{telegram.base_url}123:wrong/getMe", {}, 401),
     ]
@@ -208,9 +219,13 @@ async def test_invalid_raw_calls_are_refused_and_recorded(
 
 def test_nested_objects_are_checked_against_their_types() -> None:
     markup = {"inline_keyboard": [[{"text": "A", "callback_data": "a", "colour": "red"}]]}
-    check = check_telegram_call("sendMessage", {"chat_id": "1", "text": "x", "reply_markup": json.dumps(markup)})
+    check = check_telegram_call(
+        "sendMessage", {"chat_id": "1", "text": "x", "reply_markup": json.dumps(markup)}
+    )
     assert check.problems and "unknown field 'colour'" in check.problems[0]
-    check = check_telegram_call("sendMessage", {"chat_id": 1, "text": "x", "reply_markup": {"remove_keyboard": True}})
+    check = check_telegram_call(
+        "sendMessage", {"chat_id": 1, "text": "x", "reply_markup": {"remove_keyboard": True}}
+    )
     assert check.problems == [] and check.params["chat_id"] == 1
 
 
@@ -218,7 +233,7 @@ async def test_faults_surface_as_ptb_errors(telegram: FakeTelegram, bot: Bot) ->
     telegram.fail_next(1, 429, retry_after=3)
     with pytest.raises(RetryAfter) as retry:
         await bot.send_message(42, "hi")
-    assert retry.value.retry_after.total_seconds() == 3
+    assert "Retry in 3 seconds" in str(retry.value)
 
     telegram.fail_next(2, 500)
     for _ in range(2):
@@ -241,7 +256,12 @@ async def test_faults_surface_as_ptb_errors(telegram: FakeTelegram, bot: Bot) ->
 async def test_whatsapp_message_with_body(twilio: FakeTwilio, client: Client) -> None:
     message = await client.messages.create_async(to=CUSTOMER, from_=BUSINESS, body="hi")
     assert message.sid.startswith("SM") and len(message.sid) == 34
-    assert (message.status, message.to, message.from_, message.body) == ("queued", CUSTOMER, BUSINESS, "hi")
+    assert (message.status, message.to, message.from_, message.body) == (
+        "queued",
+        CUSTOMER,
+        BUSINESS,
+        "hi",
+    )
     assert message.date_created is not None
 
     (sent,) = twilio.sent_messages(to=CUSTOMER)
@@ -276,8 +296,15 @@ async def test_twilio_refuses_what_twilio_refuses(twilio: FakeTwilio, client: Cl
     with pytest.raises(TwilioRestException) as wrong_sender:
         await client.messages.create_async(to=CUSTOMER, from_="whatsapp:+15550001111", body="hi")
     with pytest.raises(TwilioRestException) as bad_enum:
-        await client.messages.create_async(to=CUSTOMER, from_=BUSINESS, body="hi", risk_check="maybe")
-    assert [e.value.code for e in (empty, mixed, wrong_sender, bad_enum)] == [21619, 21910, 63007, 20001]
+        await client.messages.create_async(
+            to=CUSTOMER, from_=BUSINESS, body="hi", risk_check="maybe"
+        )
+    assert [e.value.code for e in (empty, mixed, wrong_sender, bad_enum)] == [
+        21619,
+        21910,
+        63007,
+        20001,
+    ]
     assert len(twilio.violations) == 3  # the unknown sender is the account's set-up, not a misuse
     assert "RiskCheck" in twilio.violations[-1].problems[0]
 
@@ -285,18 +312,21 @@ async def test_twilio_refuses_what_twilio_refuses(twilio: FakeTwilio, client: Cl
 async def test_invalid_raw_twilio_calls_are_refused_and_recorded(
     twilio: FakeTwilio, session: aiohttp.ClientSession
 ) -> None:
-    auth = aiohttp.BasicAuth(twilio.account_sid, twilio.auth_token)
+    auth = basic_auth(twilio.account_sid, twilio.auth_token)
     messages = f"{twilio.url}/2010-04-01/Accounts/{twilio.account_sid}/Messages.json"
-    cases: list[tuple[str, str, Any, aiohttp.BasicAuth, int, int]] = [
-        ("POST", messages, {"To": CUSTOMER, "From": BUSINESS, "Body": "x", "Colour": "red"}, auth, 400, 20001),
-        ("POST", messages, {"From": BUSINESS, "Body": "x"}, auth, 400, 21604),
-        ("POST", messages, {"To": CUSTOMER, "From": BUSINESS, "Body": "x"}, aiohttp.BasicAuth(twilio.account_sid, "wrong"), 401, 20003),
-        ("POST", f"{twilio.url}/2010-04-01/Accounts/{twilio.account_sid}/Mesages.json", {"To": CUSTOMER}, auth, 404, 20404),
-        ("PUT", messages, {"To": CUSTOMER}, auth, 405, 20004),
-        ("GET", f"{messages}?Colour=red", None, auth, 400, 20001),
-    ]  # fmt: skip
-    for method, url, form, basic_auth, status, code in cases:
-        async with session.request(method, url, data=form, auth=basic_auth) as response:
+    typo = messages.replace("Messages", "Mesages")
+    wrong = basic_auth(twilio.account_sid, "wrong")
+    hi = {"To": CUSTOMER, "From": BUSINESS, "Body": "hi"}
+    cases: list[tuple[str, str, Any, dict[str, str], int, int]] = [
+        ("POST", messages, hi | {"Colour": "red"}, auth, 400, 20001),  # unknown parameter
+        ("POST", messages, {"From": BUSINESS, "Body": "hi"}, auth, 400, 21604),  # no To
+        ("POST", messages, hi, wrong, 401, 20003),  # bad auth
+        ("POST", typo, hi, auth, 404, 20404),  # unknown resource
+        ("PUT", messages, hi, auth, 405, 20004),  # method not in the spec
+        ("GET", f"{messages}?Colour=red", None, auth, 400, 20001),  # unknown query parameter
+    ]
+    for method, url, form, headers, status, code in cases:
+        async with session.request(method, url, data=form, headers=headers) as response:
             body = await response.json()
         assert (response.status, body["status"], body["code"]) == (status, status, code)
         assert body["message"]
@@ -324,7 +354,11 @@ async def test_inbound_media_and_signature(
     sid = new_sid("MM")
     media_url = twilio.add_media(b"\xff\xd8jpeg", "image/jpeg", message_sid=sid)
     form = inbound_whatsapp_form(
-        from_=CUSTOMER, to=BUSINESS, body="my id", message_sid=sid, media=[(media_url, "image/jpeg")]
+        from_=CUSTOMER,
+        to=BUSINESS,
+        body="my id",
+        message_sid=sid,
+        media=[(media_url, "image/jpeg")],
     )
     assert form["MediaUrl0"].startswith("https://api.twilio.com/2010-04-01/Accounts/")
     assert (form["NumMedia"], form["MessageType"], form["WaId"]) == ("1", "image", "923001234567")
@@ -336,8 +370,8 @@ async def test_inbound_media_and_signature(
 
     async with session.get(twilio.rewrite(media_url)) as response:
         assert response.status == 401
-    auth = aiohttp.BasicAuth(twilio.account_sid, twilio.auth_token)
-    async with session.get(twilio.rewrite(media_url), auth=auth) as response:
+    auth = basic_auth(twilio.account_sid, twilio.auth_token)
+    async with session.get(twilio.rewrite(media_url), headers=auth) as response:
         assert response.status == 200 and response.content_type == "image/jpeg"
         assert await response.read() == b"\xff\xd8jpeg"
 

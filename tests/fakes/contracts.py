@@ -172,8 +172,7 @@ def _json_errors(value: Any, type_name: str, where: str) -> list[str]:
     if not isinstance(value, dict):
         return wrong
     if "subtypes" in spec_type:
-        candidates = [_json_errors(value, sub, where) for sub in spec_type["subtypes"]]
-        return min(candidates, key=len) if all(candidates) else []
+        return _fewest([_json_errors(value, sub, where) for sub in spec_type["subtypes"]])
     fields = {f["name"]: f for f in spec_type.get("fields", [])}
     if not fields:  # placeholder types such as CallbackGame
         return []
@@ -185,10 +184,13 @@ def _json_errors(value: Any, type_name: str, where: str) -> list[str]:
     ]
     for k, v in value.items():
         if k in fields:
-            candidates = [_json_errors(v, t, f"{where}.{k}") for t in fields[k]["types"]]
-            if all(candidates):
-                problems += min(candidates, key=len)
+            problems += _fewest([_json_errors(v, t, f"{where}.{k}") for t in fields[k]["types"]])
     return problems
+
+
+def _fewest(candidates: list[list[str]]) -> list[str]:
+    """No problems when one alternative type fits, else those of the closest one."""
+    return min(candidates, key=lambda problems: len(problems)) if all(candidates) else []
 
 
 # --------------------------------------------------------------------------- Twilio

@@ -196,8 +196,10 @@ class FakeTelegram(LoopbackServer):
         self._closing = False
 
     async def _handle_api(self, request: web.Request) -> web.Response:
-        method, raw = request.match_info["method"], await _read_params(request)
+        method = request.match_info["method"]
+        raw: Params = {}
         try:
+            raw = await _read_params(request)
             if fault := self.take_fault():
                 phrase = HTTPStatus(fault.status).phrase
                 if fault.retry_after is not None:
@@ -261,14 +263,14 @@ class FakeTelegram(LoopbackServer):
         self,
         chat_id: int,
         *,
-        type: str | None = None,  # the Bot API's name
+        chat_type: str | None = None,
         title: str | None = None,
         is_forum: bool = False,
         username: str | None = None,
     ) -> dict[str, Any]:
         """Make a chat known with its kind; unknown chats are made up from their id's sign."""
         chat = self._chat(chat_id)
-        chat.update({k: v for k, v in {"type": type, "title": title}.items() if v})
+        chat.update({k: v for k, v in {"type": chat_type, "title": title}.items() if v})
         if is_forum:
             chat["is_forum"] = True
         if username:
@@ -301,6 +303,10 @@ class FakeTelegram(LoopbackServer):
     ) -> dict[str, Any]:
         """An Update with a message from a user (not queued: see `push_message`)."""
         user = {"id": user_id or chat_id, "is_bot": False, "first_name": first_name}
+        if user["id"] == chat_id:  # a private chat carries its user's names
+            self._chat(chat_id).update(
+                first_name=first_name, **({"username": username} if username else {})
+            )
         user |= {
             k: v for k, v in {"username": username, "language_code": language_code}.items() if v
         }
@@ -397,7 +403,8 @@ class FakeTelegram(LoopbackServer):
             raise _bad_request("message thread not found")
         message: dict[str, Any] = {
             "message_id": next(self._message_ids[chat_id]),
-            "from": sender or self.bot_user,
+            "from": sender
+            or {k: self.bot_user[k] for k in ("id", "is_bot", "first_name", "username")},
             "chat": chat,
             "date": int(time.time()),
         }
@@ -671,7 +678,10 @@ async def _read_params(request: web.Request) -> Params:
     """Parameters from the query string and a JSON, url-encoded or multipart body."""
     params: Params = dict(request.query)
     if request.content_type == "application/json":
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _bad_request("can't parse JSON object", violation=True) from None
         if isinstance(body, dict):
             params.update(body)
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):

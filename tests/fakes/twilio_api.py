@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -14,7 +15,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from aiohttp import BasicAuth, web
+from aiohttp import encode_basic_auth, web
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
@@ -145,7 +146,9 @@ class FakeTwilio(LoopbackServer):
         except TwilioError as error:
             if error.violation:
                 call = f"{request.method} {path}"
-                self.violations.append(ContractViolation("twilio", call, (error.message,), sent))
+                self.violations.append(
+                    ContractViolation("twilio", call, (error.message,), _flat(sent))
+                )
             self.failed_calls.append(
                 RecordedRequest(
                     request.method, path, _flat(sent), error.status, error.body(), time.time()
@@ -173,11 +176,13 @@ class FakeTwilio(LoopbackServer):
         return web.Response(body=data, content_type=content_type)
 
     def _authenticate(self, header: str) -> None:
+        expected = f"{self.account_sid}:{self.auth_token}".encode()
+        scheme, _, credentials = header.partition(" ")
         try:
-            auth = BasicAuth.decode(header)
+            valid = scheme.lower() == "basic" and base64.b64decode(credentials) == expected
         except ValueError:
-            auth = None
-        if auth is None or (auth.login, auth.password) != (self.account_sid, self.auth_token):
+            valid = False
+        if not valid:
             raise TwilioError(401, 20003, "Authenticate", violation=True)
 
     def _dispatch(
@@ -246,8 +251,8 @@ class FakeTwilio(LoopbackServer):
         if callback is not None and urlsplit(callback).scheme not in ("http", "https"):
             raise _refused(21609, f"Invalid StatusCallback url: {callback}")
         if self.senders is not None and sender is not None and sender not in self.senders:
-            message = "Twilio could not find a Channel with the specified From address"
-            raise TwilioError(400, 63007, message)  # the account's set-up, not the contract
+            reason = "Twilio could not find a Channel with the specified From address"
+            raise TwilioError(400, 63007, reason)  # the account's set-up, not the contract
         sid, now = new_sid("MM" if media else "SM"), _rfc2822(_now())
         uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}.json"
         message = {
@@ -319,16 +324,29 @@ class FakeTwilio(LoopbackServer):
 # ---------------------------------------------------------------------- helpers
 
 
-class RewritingTwilioHttpClient(AsyncTwilioHttpClient):
+class RewritingTwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
     """Sends the twilio client's calls for *.twilio.com to `base_url` (tests only)."""
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.base_url = base_url.rstrip("/")
 
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        if auth is not None:  # the same header, without aiohttp 3.14's deprecated auth=
+            headers = {**(headers or {}), "Authorization": encode_basic_auth(*auth)}
+        url = _TWILIO_URL.sub(self.base_url, url, count=1)
         return await super().request(
-            method, _TWILIO_URL.sub(self.base_url, url, count=1), *args, **kwargs
+            method, url, params, data, headers, None, timeout, allow_redirects
         )
 
 
