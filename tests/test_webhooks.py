@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.fakes.twilio_api import inbound_whatsapp_form, new_sid, whatsapp_status_form
+from tests.fakes.twilio_api import inbound_whatsapp_form, whatsapp_status_form
 from tests.service import PUBLIC, WEBHOOK_SECRET, eventually, running_service
 
 OD_NUMBER = "whatsapp:+14155238881"  # optician-dynamics' sender in config/tenants

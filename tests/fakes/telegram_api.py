@@ -310,16 +310,15 @@ class FakeTelegram(LoopbackServer):
         user |= {
             k: v for k, v in {"username": username, "language_code": language_code}.items() if v
         }
-        message = self._new_message(
-            chat_id, {"message_thread_id": message_thread_id}, sender=user, **fields
-        )
+        params: Params = {"message_thread_id": message_thread_id}
+        if reply_to_message_id is not None:
+            params["reply_parameters"] = {"message_id": reply_to_message_id}
+        message = self._new_message(chat_id, params, sender=user, **fields)
         if text is not None:
             message["text"] = text
             if text.startswith("/"):
                 command = text.split()[0]
                 message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
-        if reply_to_message_id is not None:
-            message["reply_to_message"] = self._reply_target(chat_id, reply_to_message_id)
         return {"update_id": self._take_update_id(), "message": message}
 
     def callback_query_update(
@@ -339,7 +338,7 @@ class FakeTelegram(LoopbackServer):
         query = {
             "id": str(secrets.randbits(63)),
             "from": {"id": sender_id, "is_bot": False, "first_name": first_name},
-            "message": message,
+            "message": dict(message),
             "chat_instance": str(abs(hash(chat_id))),
             "data": data,
         }
@@ -399,7 +398,7 @@ class FakeTelegram(LoopbackServer):
         if sender is None and chat_id in self.blocked:
             raise ApiError(403, "Forbidden: bot was blocked by the user")
         thread_id = params.get("message_thread_id")
-        if thread_id is not None and (chat_id, thread_id) not in self.topics:
+        if thread_id is not None and sender is None and (chat_id, thread_id) not in self.topics:
             raise _bad_request("message thread not found")
         message: dict[str, Any] = {
             "message_id": next(self._message_ids[chat_id]),
@@ -423,12 +422,6 @@ class FakeTelegram(LoopbackServer):
             message["reply_markup"] = markup
         self.messages[(chat_id, message["message_id"])] = message
         return message
-
-    def _reply_target(self, chat_id: ChatId, message_id: int) -> dict[str, Any]:
-        target = self.messages.get((chat_id, message_id))
-        if target is None:
-            raise KeyError(f"no message {message_id} in chat {chat_id}")
-        return {k: v for k, v in target.items() if k != "reply_to_message"}
 
     def _store_file(
         self, data: bytes, folder: str, file_name: str | None, mime_type: str | None
