@@ -220,13 +220,27 @@ class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         self._scheme, self._netloc = split.scheme, split.netloc
         self._prefix = split.path.rstrip("/")
 
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (twilio's signature)
+        allow_redirects: bool = False,
+    ) -> Response:
         parts = urlsplit(url)
         if parts.netloc.endswith("twilio.com"):
             url = urlunsplit(
                 (self._scheme, self._netloc, self._prefix + parts.path, parts.query, "")
             )
-        return await super().request(method, url, *args, **kwargs)
+        if auth is not None:  # the same header, without aiohttp 3.14's deprecated auth=
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
+        return await super().request(
+            method, url, params, data, headers, None, timeout, allow_redirects
+        )
 
     def log_request(self, kwargs: dict[str, Any]) -> None:
         """Say nothing: twilio's own logging would print message bodies and numbers."""

@@ -71,6 +71,7 @@ class Ticket(SQLModel, table=True):
         sa.UniqueConstraint("tenant", "year", "seq"),
         sa.Index("ix_ticket_status_due", "status", "due_at", "id"),
         sa.Index("ix_ticket_tenant_due", "tenant", "due_at", "id"),
+        sa.Index("ix_ticket_next_reminder", "next_reminder_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -95,6 +96,8 @@ class Ticket(SQLModel, table=True):
     staff_thread_id: int | None = Field(default=None, sa_type=sa.BigInteger)
     created_at: datetime = _ts(default_now=True)
     updated_at: datetime = _ts(default_now=True)
+    # When the clock should look at this ticket again; NULL: (re)plan at the next pass.
+    next_reminder_at: datetime | None = _ts(nullable=True)
 
 
 class TicketEvent(SQLModel, table=True):
@@ -253,3 +256,24 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = _ts(default_now=True)
     last_used_at: datetime | None = _ts(nullable=True)
     revoked_at: datetime | None = _ts(nullable=True)
+
+
+class ReminderSent(SQLModel, table=True):
+    """A reminder, escalation, nudge or expiry the clock acted on: the row is the claim.
+
+    The unique key names one reminder of one deadline (`anchor_at` is the deadline, or the
+    moment a ticket began waiting for the customer): inserting it succeeds for exactly one
+    process, and only that process queues the message, in the same transaction.
+    """
+
+    __tablename__ = "reminder_sent"
+    __table_args__ = (sa.UniqueConstraint("ticket_id", "kind", "anchor_at", "slot"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id")
+    kind: str = Field(max_length=24)  # before | overdue | verify_nudge | requester_nudge | expire
+    anchor_at: datetime = _ts()
+    slot: str = Field(default="", max_length=40)  # "3 business days", occurrence "2", or ""
+    due_at: datetime = _ts()
+    sent_at: datetime = _ts(default_now=True)
+    late: bool = False

@@ -104,6 +104,16 @@ def database_url(
         shutil.copy(sqlite_template, path)
         yield f"sqlite+aiosqlite:///{path}"
         return
+    yield from _fresh_postgres(pg_template)
+
+
+@pytest.fixture
+def postgres_url(pg_template: str | None) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database, for tests about several processes."""
+    yield from _fresh_postgres(pg_template)
+
+
+def _fresh_postgres(pg_template: str | None) -> Iterator[str]:
     need(pg_template is not None, "PostgreSQL at 127.0.0.1:5432 is not reachable")
     name = f"rd_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))

@@ -12,7 +12,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.constants import ParseMode
 from telegram.error import BadRequest, Conflict, Forbidden, NetworkError, RetryAfter
+from telegram.ext import Defaults, ExtBot
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -162,6 +164,39 @@ async def test_forum_topics_chat_actions_and_deletes(telegram: FakeTelegram, bot
     with pytest.raises(BadRequest, match="to delete not found"):
         await bot.delete_message(staff, card.message_id)
     assert telegram.violations == []
+
+
+async def test_ext_bot_defaults_pass_the_check(telegram: FakeTelegram) -> None:
+    defaults = Defaults(parse_mode=ParseMode.HTML, disable_notification=True)
+    async with ExtBot(
+        telegram.token,
+        base_url=telegram.base_url,
+        base_file_url=telegram.base_file_url,
+        defaults=defaults,
+    ) as bot:
+        asked = telegram.push_message(42, "delete my data", first_name="Ann")["message"]
+        keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("Yes", callback_data="yes")]])
+        reply = await bot.send_message(
+            42, "<b>Erasure</b>?", reply_markup=keyboard, reply_to_message_id=asked["message_id"]
+        )
+        # PTB also sends the Defaults here, where Telegram ignores them
+        await bot.edit_message_reply_markup(42, reply.message_id, reply_markup=None)
+    assert reply.reply_to_message and reply.reply_to_message.text == "delete my data"
+    assert reply.chat.first_name == "Ann"
+    assert telegram.sent_messages(42)[0].params["disable_notification"] is True
+    assert "reply_markup" not in telegram.messages_in(42)[-1]
+    assert telegram.violations == []
+
+
+async def test_rate_limits_are_recorded_not_enforced(telegram: FakeTelegram, bot: Bot) -> None:
+    await asyncio.gather(*(bot.send_message(-1 - i, "broadcast") for i in range(31)))
+    for _ in range(20):
+        await bot.send_message(-1, "again")
+    assert {(v.rule, v.chat_id) for v in telegram.rate_violations} == {
+        ("over 30 messages/s", None),  # once for every message over the limit
+        ("over 20 messages/min in a group", -1),
+    }
+    assert len(telegram.sent_messages()) == 51
 
 
 async def test_blocked_user_is_forbidden(telegram: FakeTelegram, bot: Bot) -> None:

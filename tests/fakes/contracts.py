@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,8 +64,13 @@ def telegram_spec() -> dict[str, Any]:
     return spec
 
 
-def check_telegram_call(method: str, params: Mapping[str, Any]) -> TelegramCheck:
+def check_telegram_call(
+    method: str, params: Mapping[str, Any], *, tolerated: Collection[str] = ()
+) -> TelegramCheck:
     """Validate one Bot API call; string values (as in forms) are decoded to their type.
+
+    Names in `tolerated` pass even where the method does not take them (Telegram ignores
+    unknown parameters; the check is stricter except for these).
 
     Files from a multipart body come as `UploadedFile` values, under their field name or
     the name an `attach://<name>` value refers to.
@@ -81,7 +86,7 @@ def check_telegram_call(method: str, params: Mapping[str, Any]) -> TelegramCheck
     for name, value in params.items():
         spec_field = fields.get(name)
         if spec_field is None:
-            if not (isinstance(value, UploadedFile) and name in attached):
+            if name not in tolerated and not (isinstance(value, UploadedFile) and name in attached):
                 problems.append(f"unknown parameter {name!r}")
             decoded[name] = value
             continue

@@ -28,7 +28,6 @@ DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
 API_VERSION = "2010-04-01"
 MESSAGES = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
 MESSAGE = "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"
-MEDIA = "/2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media/{Sid}.json"
 _TWILIO_URL = re.compile(r"https://(?:[a-z0-9-]+\.)*twilio\.com(?=/|$)")
 _MEDIA_CONTENT = re.compile(r"/2010-04-01/Accounts/[^/]+/Messages/[^/]+/Media/[^/.]+")
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
@@ -202,19 +201,18 @@ class FakeTwilio(LoopbackServer):
             raise TwilioError(
                 404, 20404, f"The requested resource {path} was not found", violation=True
             )
-        match check.template, method:
-            case (template, "POST") if template == MESSAGES:
-                return self._create_message(_flat(form)), 201
-            case (template, "GET") if template == MESSAGES:
-                return self._list_messages(path, _flat(query)), 200
-            case (template, "GET") if template == MESSAGE:
-                return self._message(path, check.path_params["Sid"]), 200
-            case (template, "POST") if template == MESSAGE:
-                return self._update_message(path, check.path_params["Sid"], _flat(form)), 200
-            case (template, "DELETE") if template == MESSAGE:
-                self._message(path, check.path_params["Sid"])
-                del self.messages[check.path_params["Sid"]]
-                return None, 204
+        sid = check.path_params.get("Sid", "")
+        if (check.template, method) == (MESSAGES, "POST"):
+            return self._create_message(_flat(form)), 201
+        if (check.template, method) == (MESSAGES, "GET"):
+            return self._list_messages(path, _flat(query)), 200
+        if (check.template, method) == (MESSAGE, "GET"):
+            return self._message(path, sid), 200
+        if (check.template, method) == (MESSAGE, "POST"):
+            return self._update_message(path, sid, _flat(form)), 200
+        if (check.template, method) == (MESSAGE, "DELETE"):
+            del self.messages[self._message(path, sid)["sid"]]
+            return None, 204
         raise TwilioError(
             501,
             20501,
