@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     configure()
     app = create_app(settings, tenants=_tenants(settings))
+    logging.getLogger("bot.cli").info(
+        "rightsdesk serving on http://%s:%s", settings.host, settings.port
+    )
     web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
     return 0
 
