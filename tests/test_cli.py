@@ -18,7 +18,12 @@ def rightsdesk(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: 
     base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
-        cwd=cwd, env=base, input=stdin, capture_output=True, text=True, timeout=60,
+        cwd=cwd,
+        env=base,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -33,7 +38,9 @@ def test_check_config_names_file_and_key_of_a_broken_tenant(tmp_path: Path) -> N
     broken = tmp_path / "tenants"
     broken.mkdir()
     text = (TENANTS_DIR / "jooptics.toml").read_text()
-    (broken / "jooptics.toml").write_text(text.replace("[requests]", "[requests]\nforget_me = \"7 days\""))
+    (broken / "jooptics.toml").write_text(
+        text.replace("[requests]", '[requests]\nforget_me = "7 days"')
+    )
     result = rightsdesk("check-config", cwd=tmp_path, env={"TENANTS_DIR": str(broken)})
     assert result.returncode == 2
     assert "jooptics.toml" in result.stderr
@@ -52,7 +59,8 @@ def test_invalid_settings_name_the_variable(tmp_path: Path, variable: str, value
 
 def test_webhook_mode_needs_a_secret(tmp_path: Path) -> None:
     result = rightsdesk(
-        "check-config", cwd=tmp_path,
+        "check-config",
+        cwd=tmp_path,
         env={"PUBLIC_BASE_URL": "https://x.example", "TELEGRAM_BOT_TOKEN": "1:abc"},
     )
     assert result.returncode == 2 and "TELEGRAM_WEBHOOK_SECRET" in result.stderr
@@ -70,13 +78,25 @@ def test_migrate_then_tokens_and_admins(tmp_path: Path, database_url: str) -> No
     assert rightsdesk("token", "revoke", "crm", cwd=tmp_path, env=env).returncode == 0
     assert rightsdesk("token", "revoke", "crm", cwd=tmp_path, env=env).returncode == 1
     admin = rightsdesk(
-        "admin", "create", "Boss@Example.com", "--password-stdin", cwd=tmp_path, env=env,
+        "admin",
+        "create",
+        "Boss@Example.com",
+        "--password-stdin",
+        cwd=tmp_path,
+        env=env,
         stdin="correct horse battery\n",
     )
     assert admin.returncode == 0, admin.stderr
     short = rightsdesk(
-        "admin", "create", "v@example.com", "--role", "viewer", "--password-stdin",
-        cwd=tmp_path, env=env, stdin="short\n",
+        "admin",
+        "create",
+        "v@example.com",
+        "--role",
+        "viewer",
+        "--password-stdin",
+        cwd=tmp_path,
+        env=env,
+        stdin="short\n",
     )
     assert short.returncode == 1 and "12 characters" in short.stderr
     # Neither the token nor the password is stored in clear.
