@@ -25,10 +25,26 @@ FSI, PDI = "\u2068", "\u2069"
 
 @cache
 def translations(language: str) -> gettext.NullTranslations:
-    """The catalog of one language; English falls back to the message ids themselves."""
-    path = LOCALES / language / "LC_MESSAGES" / f"{DOMAIN}.po"
-    if language not in LANGUAGES or not path.exists():
+    """The catalog of one language; English falls back to the message ids themselves.
+
+    Every .po file of the language is read: `messages.po` first, then the others (such as
+    `clock.po`) in name order, each a fallback for the ids the ones before it lack.
+    """
+    folder = LOCALES / language / "LC_MESSAGES"
+    if language not in LANGUAGES or not folder.is_dir():
         return gettext.NullTranslations()
+    paths = sorted(folder.glob("*.po"), key=lambda path: (path.stem != DOMAIN, path.name))
+    merged: gettext.NullTranslations | None = None
+    for path in paths:
+        catalog = _load(path, language)
+        if merged is None:
+            merged = catalog
+        else:
+            merged.add_fallback(catalog)
+    return merged or gettext.NullTranslations()
+
+
+def _load(path: Path, language: str) -> gettext.GNUTranslations:
     with path.open("rb") as handle:
         catalog = read_po(handle, locale=language)
     buffer = io.BytesIO()
