@@ -36,5 +36,16 @@ def configure(level: str = "INFO") -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     # twilio logs request bodies and numbers at INFO, httpx logs URLs holding the bot token.
-    for noisy in ("twilio", "httpx", "httpcore", "telegram", "aiohttp.access", "apscheduler"):
+    # aiosqlite and asyncpg log SQL parameters (emails, numbers) at DEBUG.
+    for noisy in (
+        "twilio",
+        "httpx",
+        "httpcore",
+        "telegram",
+        "aiohttp.access",
+        "apscheduler",
+        "aiosqlite",
+        "asyncpg",
+        "sqlalchemy.engine",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
