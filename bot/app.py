@@ -17,6 +17,7 @@ from bot.inbox import InboxWorker
 from bot.messages import Inbound
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, Sender
+from bot.scheduler import Clock
 from bot.settings import Settings
 from bot.tenants import Tenants, load_tenants
 from handlers import telegram, whatsapp
@@ -63,6 +64,7 @@ def create_app(
     app.cleanup_ctx.append(_telegram_bot)
     if workers:
         app.cleanup_ctx.append(_workers)
+        app.cleanup_ctx.append(_scheduler)
     return app
 
 
@@ -159,3 +161,15 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     for close in closers:
         await close()
+
+
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    """The clock (reminders, escalations, expiries) in this process unless RUN_SCHEDULER=false."""
+    deps = app[DEPS]
+    if not deps.settings.run_scheduler:
+        yield
+        return
+    clock = Clock(deps.sessions, deps.tenants, now=deps.now)
+    clock.start()
+    yield
+    await clock.stop()

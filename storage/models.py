@@ -277,3 +277,11 @@ class ReminderSent(SQLModel, table=True):
     due_at: datetime = _ts()
     sent_at: datetime = _ts(default_now=True)
     late: bool = False
+
+
+@sa.event.listens_for(Ticket.status, "set")
+@sa.event.listens_for(Ticket.due_at, "set")
+def _replan_on_change(target: Ticket, value: Any, oldvalue: Any, _initiator: Any) -> None:
+    """A new status or deadline invalidates the clock's plan: the next pass makes a new one."""
+    if value != oldvalue:
+        target.next_reminder_at = None

@@ -1,0 +1,594 @@
+"""What is due when: staff reminders, overdue escalations, customer nudges and expiries.
+
+Nothing here keeps state between passes. Reminders are derived from each ticket (its
+status, deadline and history) and the tenant's `[reminders]` policy every time the clock
+looks at it; a reminder counts as sent once its row exists in `reminder_sent`, a row that
+one transaction inserts together with the outbox message it causes. Its unique key is
+(ticket, kind, deadline, slot), so a second scheduler, a restart or a replay all find the
+row and send nothing, and a moved deadline has new keys: reminders of the old one are
+simply never due again.
+
+Which reminder is due at `now` (`plan`):
+- before the deadline: the latest `before` offset whose time has come (earlier ones it
+  supersedes are never sent afterwards); offsets that fall before the deadline was set
+  (the clock started, or an extension moved it) do not apply;
+- once the deadline has passed: escalation number k = the latest of the occurrences at
+  due, due + every, due + 2*every, … that has come;
+- awaiting verification or an answer from the requester: one nudge 23 hours after the
+  ticket began to wait (while WhatsApp's 24-hour window is open), and an unverified
+  ticket expires after `unverified_expire_after`;
+- anything found more than `late_after` past its time (the desk was down) is sent once,
+  marked "(late)".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from calendar import monthrange
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from functools import cache
+from typing import Any
+
+from babel.dates import format_date, format_time
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.clock import BusinessCalendar, Duration, Unit, add_duration, time_left
+from bot.i18n import LANGUAGES, _, translate
+from bot.tenants import Tenant, Tenants
+from storage import outbox
+from storage import reminders as store
+from storage.db import SessionFactory, transaction
+from storage.enums import CLOSED_STATUSES, Channel, TicketStatus
+from storage.models import Ticket, TicketEvent, utcnow
+from storage.tickets import add_event
+
+log = logging.getLogger(__name__)
+
+LATE_AFTER = timedelta(minutes=2)  # found later than this after its time: marked "(late)"
+NUDGE_AFTER = timedelta(hours=23)  # still inside WhatsApp's 24-hour customer-service window
+WINDOW = timedelta(hours=24)
+UPDATE_TEMPLATE = "update"  # [whatsapp_templates] entry used outside the 24-hour window
+RETRY_AFTER = timedelta(minutes=5)  # a ticket whose handling failed is looked at again then
+MAX_ROUNDS = 1000  # batches per pass: a bound, never reached in practice
+
+VERIFY_NUDGE = _(
+    "Your request {ref} is still waiting for us to confirm who you are. Please reply here to "
+    "continue, or send cancel to stop it. Without a reply it will be closed on {date}."
+)
+REQUESTER_NUDGE = _(
+    "Your request {ref} is on hold until you answer our last message. Please reply here so "
+    "that we can continue."
+)
+EXPIRED_NOTICE = _(
+    "We could not confirm who you are, so request {ref} has been closed. You can make a new "
+    "request here at any time."
+)
+
+
+class ReminderKind(StrEnum):
+    BEFORE = "before"  # staff: the deadline is coming
+    OVERDUE = "overdue"  # admins: the deadline has passed
+    VERIFY_NUDGE = "verify_nudge"  # customer: please finish verifying
+    REQUESTER_NUDGE = "requester_nudge"  # customer: we are waiting for your answer
+    EXPIRE = "expire"  # unverified for too long: the ticket closes
+
+
+# --- durations on the tenant's calendar -----------------------------------------------
+
+
+@cache
+def calendar_of(country: str, timezone: str) -> BusinessCalendar:
+    """One calendar per (country, zone), shared by every pass (holiday years are cached)."""
+    return BusinessCalendar(country, timezone)
+
+
+def tenant_calendar(tenant: Tenant) -> BusinessCalendar:
+    return calendar_of(tenant.calendar, tenant.timezone)
+
+
+_ELAPSED = {
+    Unit.SECONDS: timedelta(seconds=1),
+    Unit.MINUTES: timedelta(minutes=1),
+    Unit.HOURS: timedelta(hours=1),
+}
+
+
+def _months(day: date, months: int) -> date:
+    """Same day-of-month `months` later (or earlier), or that month's last day."""
+    year, month0 = divmod(day.month - 1 + months, 12)
+    year += day.year
+    return date(year, month0 + 1, min(day.day, monthrange(year, month0 + 1)[1]))
+
+
+def shift(moment: datetime, amount: int, unit: Unit, calendar: BusinessCalendar) -> datetime:
+    """`moment` moved by `amount` units (negative: back), keeping the local time of day.
+
+    Seconds to hours are real elapsed time. Days, business days and months move the local
+    date (business days skip weekends and public holidays, as `BusinessCalendar` does) and
+    keep the wall-clock time: "1 business day before" Monday 23:59:59 is the previous
+    Friday 23:59:59 in a Sat-Sun country, with one working day then left.
+    """
+    if unit is Unit.IMMEDIATE or amount == 0:
+        return moment
+    if unit in _ELAPSED:
+        return moment + _ELAPSED[unit] * amount
+    local = moment.astimezone(calendar.tz)
+    day = local.date()
+    if unit is Unit.DAYS:
+        day += timedelta(days=amount)
+    elif unit is Unit.BUSINESS_DAYS:
+        day = calendar.add_business_days(day, amount)
+    else:
+        day = _months(day, amount)
+    wall = datetime.combine(day, local.timetz().replace(tzinfo=None), tzinfo=calendar.tz)
+    return wall.astimezone(UTC)
+
+
+def before(due: datetime, offset: Duration, calendar: BusinessCalendar) -> datetime:
+    """When the reminder `offset` before `due` is due."""
+    return shift(due, -offset.amount, offset.unit, calendar)
+
+
+def occurrence(due: datetime, every: Duration, k: int, calendar: BusinessCalendar) -> datetime:
+    """The time of escalation number `k` (0 at the deadline itself)."""
+    return shift(due, every.amount * k, every.unit, calendar)
+
+
+_SHORTEST_STEP = {
+    Unit.DAYS: timedelta(hours=23),  # a day that loses an hour to DST
+    Unit.BUSINESS_DAYS: timedelta(hours=23),
+    Unit.MONTHS: timedelta(days=28) - timedelta(hours=1),
+}
+
+
+def latest_occurrence(
+    due: datetime, every: Duration, now: datetime, calendar: BusinessCalendar
+) -> int:
+    """The largest k with occurrence(k) <= now (now >= due): arithmetic or a binary search."""
+    elapsed = now - due
+    if every.unit in _ELAPSED:
+        return int(elapsed // (_ELAPSED[every.unit] * every.amount))
+    low, high = 0, int(elapsed // (_SHORTEST_STEP[every.unit] * every.amount)) + 1
+    while low < high:  # occurrence(low) <= now < occurrence(high + 1) narrows to one k
+        middle = (low + high + 1) // 2
+        if occurrence(due, every, middle, calendar) <= now:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+# --- planning (pure) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What planning needs to know about one ticket, read from its row and its history."""
+
+    status: TicketStatus
+    due_at: datetime | None
+    deadline_set_at: datetime  # reminders timed before this belong to no deadline of ours
+    status_since: datetime  # when the ticket entered its current status
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """One reminder that should go out now; (kind, anchor, slot) is its identity."""
+
+    kind: ReminderKind
+    anchor: datetime
+    slot: str
+    at: datetime
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    due: tuple[Due, ...]
+    next_at: datetime | None  # strictly after `now`; None: nothing more unless it changes
+
+
+def _status(value: str) -> TicketStatus:
+    try:
+        return TicketStatus(value)
+    except ValueError:
+        return TicketStatus.OPEN
+
+
+def facts_of(ticket: Ticket, events: Sequence[TicketEvent]) -> Facts:
+    """Read the ticket's history: an event whose `data` has `status` records entering that
+    status at its `at` (the `created` event does); one with `due_at` set a new deadline."""
+    status = _status(ticket.status)
+    run_status: str | None = None
+    run_start: datetime | None = None
+    deadline_set_at = ticket.clock_started_at or ticket.received_at
+    for event in events:
+        data = event.data or {}
+        new_status = data.get("status")
+        if isinstance(new_status, str) and new_status != run_status:
+            run_status, run_start = new_status, event.at
+        if "due_at" in data and event.at > deadline_set_at:
+            deadline_set_at = event.at
+    since = run_start if run_status == status and run_start is not None else ticket.updated_at
+    return Facts(status, ticket.due_at, deadline_set_at, since)
+
+
+def plan(
+    facts: Facts,
+    tenant: Tenant,
+    now: datetime,
+    *,
+    late_after: timedelta = LATE_AFTER,
+    calendar: BusinessCalendar | None = None,
+) -> Plan:
+    """Which reminders of this ticket are due at `now`, and when to look again."""
+    if facts.status in CLOSED_STATUSES:
+        return Plan((), None)
+    calendar = calendar or tenant_calendar(tenant)
+    due: list[Due] = []
+    later: list[datetime] = []
+
+    def found(kind: ReminderKind, anchor: datetime, slot: str, at: datetime) -> None:
+        due.append(Due(kind, anchor, slot, at, late=now - at > late_after))
+
+    if facts.status is TicketStatus.AWAITING_VERIFICATION:
+        expires = add_duration(facts.status_since, tenant.unverified_expire_after, calendar)
+        if now >= expires:
+            found(ReminderKind.EXPIRE, facts.status_since, "", expires)
+            return Plan(tuple(due), None)
+        later.append(expires)
+        _nudge(ReminderKind.VERIFY_NUDGE, facts, now, expires, due, later)
+    elif facts.status is TicketStatus.AWAITING_REQUESTER:
+        _nudge(ReminderKind.REQUESTER_NUDGE, facts, now, None, due, later)
+
+    paused = (
+        facts.status is TicketStatus.AWAITING_REQUESTER and tenant.pause_while_awaiting_requester
+    )
+    if facts.due_at is not None and not paused:
+        deadline = facts.due_at
+        if now < deadline:
+            times = [
+                (offset, before(deadline, offset, calendar)) for offset in tenant.reminders.before
+            ]
+            times = [(o, at) for o, at in times if at >= facts.deadline_set_at]
+            past = [(at, str(o)) for o, at in times if at <= now]
+            if past:
+                at, slot = max(past)
+                found(ReminderKind.BEFORE, deadline, slot, at)
+            later.extend(at for _offset, at in times if at > now)
+            later.append(deadline)
+        else:
+            every = tenant.reminders.overdue_every
+            k = latest_occurrence(deadline, every, now, calendar)
+            found(ReminderKind.OVERDUE, deadline, str(k), occurrence(deadline, every, k, calendar))
+            later.append(occurrence(deadline, every, k + 1, calendar))
+    upcoming = [at for at in later if at > now]
+    return Plan(tuple(due), min(upcoming) if upcoming else None)
+
+
+def _nudge(
+    kind: ReminderKind,
+    facts: Facts,
+    now: datetime,
+    expires: datetime | None,
+    due: list[Due],
+    later: list[datetime],
+) -> None:
+    """One nudge 23 hours into the wait, unless the window closed or the ticket expires first."""
+    at = facts.status_since + NUDGE_AFTER
+    if expires is not None and at >= expires:
+        return
+    if now < at:
+        later.append(at)
+    elif now < facts.status_since + WINDOW:
+        due.append(Due(kind, facts.status_since, "", at, late=False))
+
+
+# --- words -----------------------------------------------------------------------------
+
+
+def describe(span: timedelta) -> str:
+    """'2 days 4 hours', '85 seconds': the two largest units of a span, for staff."""
+    seconds = round(abs(span).total_seconds())
+    if seconds >= 3600:
+        seconds = round(seconds / 60) * 60  # 2 days 23:59:59 reads as 3 days
+    parts = []
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {name}{'' if count == 1 else 's'}")
+    return " ".join(parts[:2]) or "0 seconds"
+
+
+def staff_time(moment: datetime, tenant: Tenant) -> str:
+    local = moment.astimezone(tenant.zone)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
+def customer_date(moment: datetime, tenant: Tenant, language: str) -> str:
+    """A deadline as the customer reads it: the long local date, and the time unless the
+    deadline is the end of that day."""
+    local = moment.astimezone(tenant.zone)
+    text = format_date(local.date(), "long", locale=language)
+    if local.time().replace(microsecond=0) != time(23, 59, 59):
+        text += " " + format_time(local.time(), "short", locale=language)
+    return text
+
+
+def customer_language(ticket: Ticket, tenant: Tenant) -> str:
+    if ticket.language in LANGUAGES and ticket.language in tenant.languages:
+        return ticket.language
+    return tenant.default_language
+
+
+def _kind_name(kind: str) -> str:
+    return kind.replace("_", " ")
+
+
+def staff_text(ticket: Ticket, tenant: Tenant, item: Due, now: datetime) -> str:
+    """The reminder or escalation as staff read it: which ticket, what is asked, time left."""
+    assert ticket.due_at is not None
+    late = " (late)" if item.late else ""
+    who = f"Assigned to {ticket.assignee_name}." if ticket.assignee_name else "Not claimed yet."
+    what = f"{ticket.ref} ({_kind_name(ticket.kind)})"
+    left = time_left(ticket.due_at, now)
+    if item.kind is ReminderKind.BEFORE:
+        working = f" ({item.slot} left)" if "business" in item.slot else ""
+        return (
+            f"⏰ Reminder{late}: {what} is due in {describe(left)}{working}, "
+            f"at {staff_time(ticket.due_at, tenant)}. {who}"
+        )
+    return (
+        f"🚨 Overdue{late}: {what} was due at {staff_time(ticket.due_at, tenant)}, "
+        f"{describe(left)} ago. {who}"
+    )
+
+
+# --- the pass --------------------------------------------------------------------------
+
+
+@dataclass
+class PassReport:
+    looked_at: int = 0
+    sent: int = 0
+    already_sent: int = 0
+    failed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ReminderPass:
+    """One look at every ticket whose time has come: claim, send, plan the next look.
+
+    Tickets are taken in batches, each batch in one transaction with its rows locked
+    (SKIP LOCKED on PostgreSQL). A ticket with something to send is handled inside a
+    savepoint: one broken ticket is logged and retried later without holding back the
+    others. Tickets that only need planning get their next look in one UPDATE per batch.
+    """
+
+    sessions: SessionFactory
+    tenants: Tenants
+    now: Callable[[], datetime] = utcnow
+    batch: int = 200
+    late_after: timedelta = LATE_AFTER
+
+    async def run(self) -> PassReport:
+        """Act on everything due at this moment; returns what was done."""
+        now = self.now()
+        report = PassReport()
+        for _round in range(MAX_ROUNDS):
+            async with transaction(self.sessions) as session:
+                tickets = await store.due_tickets(session, now=now, limit=self.batch)
+                ids = [ticket.id for ticket in tickets if ticket.id is not None]
+                histories = await store.events_by_ticket(session, ids)
+                quiet: dict[int, datetime] = {}
+                for ticket in tickets:
+                    assert ticket.id is not None
+                    events = histories.get(ticket.id, [])
+                    await self._visit(session, ticket, events, now, report, quiet)
+                await store.set_next(session, quiet)
+            report.looked_at += len(tickets)
+            if len(tickets) < self.batch:
+                break
+        if report.sent or report.failed:
+            log.info(
+                "clock pass: %d tickets, %d sent, %d already sent, %d failed",
+                report.looked_at,
+                report.sent,
+                report.already_sent,
+                report.failed,
+            )
+        return report
+
+    async def _visit(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        events: list[TicketEvent],
+        now: datetime,
+        report: PassReport,
+        quiet: dict[int, datetime],
+    ) -> None:
+        """Plan one ticket. Only one with something to do now writes, inside a savepoint;
+        the next look of the others goes into `quiet`, written for the batch at once."""
+        assert ticket.id is not None
+        ticket_id, ref = ticket.id, ticket.ref
+        try:
+            if ticket.tenant not in self.tenants:
+                log.warning("clock: ticket %s belongs to no loaded tenant; skipped", ref)
+                quiet[ticket_id] = store.NEVER
+                return
+            tenant = self.tenants.by_slug(ticket.tenant)
+            if not tenant.pause_while_awaiting_requester:  # else its deadline may move
+                todo = plan(facts_of(ticket, events), tenant, now, late_after=self.late_after)
+                if not todo.due:
+                    quiet[ticket_id] = todo.next_at or store.NEVER
+                    return
+            async with session.begin_nested():
+                await self._act(session, ticket, tenant, events, now, report)
+        except Exception:  # one broken ticket must not stop the clock for all the others
+            log.exception("clock: ticket %s failed; looking again in %s", ref, RETRY_AFTER)
+            report.failed += 1
+            quiet[ticket_id] = now + RETRY_AFTER
+
+    async def _act(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        tenant: Tenant,
+        events: list[TicketEvent],
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        assert ticket.id is not None
+        if tenant.pause_while_awaiting_requester:
+            from bot.extensions import resync_due  # the deadline rules live with extensions
+
+            moved = await resync_due(session, ticket, tenant, events, now=now)
+            if moved is not None:
+                events = [*events, moved]
+        todo = plan(facts_of(ticket, events), tenant, now, late_after=self.late_after)
+        for item in todo.due:
+            claimed = await store.claim(
+                session,
+                ticket_id=ticket.id,
+                kind=item.kind,
+                anchor_at=item.anchor,
+                slot=item.slot,
+                due_at=item.at,
+                now=now,
+                late=item.late,
+            )
+            if claimed is None:
+                report.already_sent += 1
+                continue
+            await self._send(session, ticket, tenant, item, now)
+            report.sent += 1
+            report.by_kind[item.kind] = report.by_kind.get(item.kind, 0) + 1
+        closed = _status(ticket.status) in CLOSED_STATUSES
+        ticket.next_reminder_at = store.NEVER if closed or todo.next_at is None else todo.next_at
+
+    async def _send(
+        self, session: AsyncSession, ticket: Ticket, tenant: Tenant, item: Due, now: datetime
+    ) -> None:
+        if item.kind in (ReminderKind.BEFORE, ReminderKind.OVERDUE):
+            _to_staff(session, ticket, tenant, item, now)
+        elif item.kind is ReminderKind.EXPIRE:
+            await expire(session, ticket, tenant, now=now)
+        else:
+            message = VERIFY_NUDGE if item.kind is ReminderKind.VERIFY_NUDGE else REQUESTER_NUDGE
+            language = customer_language(ticket, tenant)
+            expires = add_duration(
+                item.anchor, tenant.unverified_expire_after, tenant_calendar(tenant)
+            )
+            text = translate(
+                language, message, ref=ticket.ref, date=customer_date(expires, tenant, language)
+            )
+            await tell_customer(
+                session, ticket, tenant, text, key=_key(ticket, item, "customer"), now=now
+            )
+
+
+def _key(ticket: Ticket, item: Due, recipient: object) -> str:
+    """The outbox dedupe key: the reminder's identity and its recipient."""
+    return f"clock:{ticket.id}:{item.kind}:{item.anchor.isoformat()}:{item.slot}:{recipient}"
+
+
+def staff_recipients(ticket: Ticket, tenant: Tenant, kind: ReminderKind) -> list[int]:
+    """Reminders go to the assignee, else the staff chat; escalations to the admins, else
+    (no admins configured) to the staff chat, so that they are never silently dropped."""
+    staff_chat = [tenant.channels.staff_chat_id] if tenant.channels.staff_chat_id else []
+    if kind is ReminderKind.BEFORE:
+        return [ticket.assignee_user_id] if ticket.assignee_user_id else staff_chat
+    return list(tenant.channels.admin_user_ids) or staff_chat
+
+
+def _to_staff(
+    session: AsyncSession, ticket: Ticket, tenant: Tenant, item: Due, now: datetime
+) -> None:
+    recipients = staff_recipients(ticket, tenant, item.kind)
+    if not recipients:
+        log.warning("clock: %s reminder for %s has nowhere to go", item.kind, ticket.ref)
+        return
+    text = staff_text(ticket, tenant, item, now)
+    for chat in recipients:
+        payload: dict[str, Any] = {"text": text}
+        if chat == tenant.channels.staff_chat_id and ticket.staff_thread_id is not None:
+            payload["thread_id"] = ticket.staff_thread_id  # the ticket's forum topic
+        outbox.enqueue(
+            session,
+            channel=Channel.TELEGRAM,
+            recipient=str(chat),
+            payload=payload,
+            tenant=tenant.slug,
+            ticket_id=ticket.id,
+            dedupe_key=_key(ticket, item, chat),
+        )
+
+
+async def tell_customer(
+    session: AsyncSession, ticket: Ticket, tenant: Tenant, text: str, *, key: str, now: datetime
+) -> bool:
+    """Queue `text` to the requester on the ticket's channel; False when they cannot be reached.
+
+    WhatsApp messages go from the tenant's first WhatsApp number. Outside the 24-hour
+    window after the customer last wrote, WhatsApp takes only approved templates: the
+    tenant's `update` template is sent with {{1}} = the reference and {{2}} = the text,
+    and without one the notice is not sent (logged).
+    """
+    address = await store.customer_address(session, ticket)
+    if address is None:
+        log.warning("clock: no address for the requester of %s", ticket.ref)
+        return False
+    payload: dict[str, Any] = {"text": text}
+    if ticket.channel == Channel.WHATSAPP:
+        if not tenant.channels.whatsapp_numbers:
+            log.warning("clock: %s has no WhatsApp number to write from", tenant.slug)
+            return False
+        sender = f"whatsapp:{tenant.channels.whatsapp_numbers[0]}"
+        payload["from"] = sender
+        last = await store.last_inbound_at(session, ticket, address)
+        if last is not None and now - last >= WINDOW:
+            template = tenant.whatsapp_templates.get(UPDATE_TEMPLATE)
+            if template is None:
+                log.info("clock: %s: WhatsApp window closed, no template; not sent", ticket.ref)
+                return False
+            variables = json.dumps({"1": ticket.ref, "2": text}, ensure_ascii=False)
+            payload = {"from": sender, "content_sid": template, "content_variables": variables}
+    outbox.enqueue(
+        session,
+        channel=ticket.channel,
+        recipient=address,
+        payload=payload,
+        tenant=tenant.slug,
+        ticket_id=ticket.id,
+        dedupe_key=key,
+    )
+    return True
+
+
+async def expire(session: AsyncSession, ticket: Ticket, tenant: Tenant, *, now: datetime) -> None:
+    """Close a request that was never verified, record why, and tell the requester."""
+    ticket.status = TicketStatus.EXPIRED
+    ticket.closed_at = now
+    ticket.updated_at = now
+    await add_event(
+        session,
+        ticket,
+        actor="system",
+        kind="expired",
+        at=now,
+        data={
+            "status": str(TicketStatus.EXPIRED),
+            "reason": "unverified",
+            "after": str(tenant.unverified_expire_after),
+        },
+    )
+    language = customer_language(ticket, tenant)
+    text = translate(language, EXPIRED_NOTICE, ref=ticket.ref)
+    await tell_customer(session, ticket, tenant, text, key=f"expired:{ticket.id}", now=now)
+    log.info("ticket %s expired unverified", ticket.ref)

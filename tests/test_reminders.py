@@ -1,0 +1,684 @@
+"""Reminders derived from tickets: the pure plan (a table), and passes over a real database
+with an injected clock: sent once, planned ahead, late after downtime, never for the
+closed or the superseded, and two schedulers on one PostgreSQL database over 1,000 tickets."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+
+from bot.clock import parse_duration
+from bot.reminders import (
+    Due,
+    Facts,
+    ReminderKind,
+    ReminderPass,
+    before,
+    calendar_of,
+    describe,
+    latest_occurrence,
+    occurrence,
+    plan,
+)
+from bot.tenants import Tenant, Tenants
+from storage import reminders as store
+from storage import tickets
+from storage.db import SessionFactory, create_engine, session_factory, transaction
+from storage.enums import TicketStatus
+from storage.models import Conversation, OutboundMessage, ReminderSent, Requester, Ticket
+
+STAFF_CHAT = -1001
+ADMINS = [11, 12]
+ASSIGNEE = 21
+
+
+def policy(**changes: Any) -> Tenant:
+    """A test tenant in Pakistan; `changes` replace top-level keys or merge into tables."""
+    data: dict[str, Any] = {
+        "slug": "test-desk",
+        "name": "Test Desk",
+        "ref_prefix": "TD",
+        "timezone": "Asia/Karachi",
+        "calendar": "PK",
+        "languages": ["en", "ur", "ar"],
+        "privacy_email": "privacy@test-desk.example",
+        "clock_starts": "received",
+        "unverified_expire_after": "5 business days",
+        "channels": {
+            "whatsapp_numbers": ["+14155230001"],
+            "telegram_start": "test-desk",
+            "staff_chat_id": STAFF_CHAT,
+            "staff_user_ids": [*ADMINS, ASSIGNEE],
+            "admin_user_ids": ADMINS,
+        },
+        "requests": {"access": "7 business days", "erasure": "100 seconds"},
+        "reminders": {
+            "before": ["3 business days", "1 business day", "4 hours"],
+            "overdue_every": "1 day",
+        },
+        "extensions": {"max": "2 months", "notify_requester": True},
+    }
+    data = copy.deepcopy(data)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return Tenant.model_validate(data)
+
+
+PK = policy()
+SA = policy(timezone="Asia/Riyadh", calendar="SA")
+SECONDS = policy(reminders={"before": ["85 seconds"], "overdue_every": "30 seconds"})
+PAUSING = policy(pause_while_awaiting_requester=True)
+SHORT_EXPIRY = policy(unverified_expire_after="12 hours")
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+# Thursday 12 March 2026 ends at 23:59:59 PKT (UTC+5) = 18:59:59 UTC: an ordinary week in
+# Pakistan (Sat-Sun weekend; Eid al-Fitr is 20-21 March, Pakistan Day 23 March).
+THU = utc(2026, 3, 12, 18, 59, 59)
+OPEN_SINCE = utc(2026, 3, 2, 4, 0)  # clock started Monday 2 March, 09:00 PKT
+
+
+def facts(
+    status: TicketStatus = TicketStatus.OPEN,
+    due: datetime | None = THU,
+    set_at: datetime = OPEN_SINCE,
+    since: datetime = OPEN_SINCE,
+) -> Facts:
+    return Facts(status=status, due_at=due, deadline_set_at=set_at, status_since=since)
+
+
+def due(kind: ReminderKind, anchor: datetime, slot: str, at: datetime, late: bool = False) -> Due:
+    return Due(kind, anchor, slot, at, late)
+
+
+B, OV = ReminderKind.BEFORE, ReminderKind.OVERDUE
+VN, RN, EX = ReminderKind.VERIFY_NUDGE, ReminderKind.REQUESTER_NUDGE, ReminderKind.EXPIRE
+SA_SUN = utc(2026, 3, 15, 20, 59, 59)  # Sunday 15 March 2026, 23:59:59 AST (UTC+3)
+SA_AFTER_EID = utc(2026, 3, 25, 20, 59, 59)  # Wednesday 25 March 2026, 23:59:59 AST
+PK_AFTER_EID = utc(2026, 3, 24, 18, 59, 59)  # Tuesday 24 March 2026, 23:59:59 PKT
+T0 = utc(2026, 6, 1, 9, 0, 0)  # the 100-second ticket starts here, due T0 + 100 s
+SECS = T0 + timedelta(seconds=100)
+WAIT = utc(2026, 3, 9, 5, 0)  # Monday 9 March 10:00 PKT: began to wait for the customer
+
+PLAN_CASES: list[tuple[str, Tenant, Facts, datetime, list[Due], datetime | None]] = [
+    # (name, tenant, facts, now, due now, next look)
+    (
+        # 3 business days before Thu 12 23:59:59 is Mon 9 23:59:59 PKT = 18:59:59Z.
+        "nothing yet: next is the 3-business-day reminder on Monday night",
+        PK, facts(), utc(2026, 3, 9, 7, 0), [], utc(2026, 3, 9, 18, 59, 59),
+    ),
+    (
+        "3 business days before, on time; next: 1 business day before (Wed 11 23:59:59 PKT)",
+        PK, facts(), utc(2026, 3, 9, 19, 0, 30),
+        [due(B, THU, "3 business days", utc(2026, 3, 9, 18, 59, 59))],
+        utc(2026, 3, 11, 18, 59, 59),
+    ),
+    (
+        "1 business day before supersedes 3; next: 4 hours before (Thu 19:59:59 PKT)",
+        PK, facts(), utc(2026, 3, 11, 19, 0, 0),
+        [due(B, THU, "1 business day", utc(2026, 3, 11, 18, 59, 59))],
+        utc(2026, 3, 12, 14, 59, 59),
+    ),
+    (
+        "down since Monday: only the latest missed reminder, marked late",
+        PK, facts(), utc(2026, 3, 12, 10, 0),
+        [due(B, THU, "1 business day", utc(2026, 3, 11, 18, 59, 59), late=True)],
+        utc(2026, 3, 12, 14, 59, 59),
+    ),
+    (
+        "4 hours before, found 31 minutes late; next: the deadline itself",
+        PK, facts(), utc(2026, 3, 12, 15, 31),
+        [due(B, THU, "4 hours", utc(2026, 3, 12, 14, 59, 59), late=True)],
+        THU,
+    ),
+    (
+        "at the deadline: escalation 0; next one a day later at the same local time",
+        PK, facts(), THU, [due(OV, THU, "0", THU)], utc(2026, 3, 13, 18, 59, 59),
+    ),
+    (
+        "two days and three hours overdue: escalation 2 only, late",
+        PK, facts(), THU + timedelta(days=2, hours=3),
+        [due(OV, THU, "2", THU + timedelta(days=2), late=True)],
+        THU + timedelta(days=3),
+    ),
+    (
+        "closed: nothing, ever",
+        PK, facts(TicketStatus.RESOLVED), THU + timedelta(days=2), [], None,
+    ),
+    (
+        # An extension made on Wednesday 11 at 17:00 PKT: Monday's reminder was for the old
+        # deadline's world and does not apply; the 1-business-day one is still ahead.
+        "deadline set on Wednesday: reminders timed before that do not apply",
+        PK, facts(set_at=utc(2026, 3, 11, 12, 0)), utc(2026, 3, 11, 12, 0, 1),
+        [], utc(2026, 3, 11, 18, 59, 59),
+    ),
+    (
+        # Saudi weekend is Fri-Sat: 1 business day before Sunday 15 is Thursday 12.
+        "Saudi Arabia: 1 business day before a Sunday deadline is the Thursday",
+        SA, facts(due=SA_SUN), utc(2026, 3, 12, 21, 0),
+        [due(B, SA_SUN, "1 business day", utc(2026, 3, 12, 20, 59, 59))],
+        utc(2026, 3, 15, 16, 59, 59),
+    ),
+    (
+        # Eid al-Fitr holidays 19-24 March 2026 (observed): 1 business day before Wed 25
+        # is Wed 18, 3 business days before is Mon 16 (Fri 13/Sat 14 weekend, Sun 15 works).
+        "Saudi Arabia across Eid: 1 business day before Wed 25 March is Wed 18 March",
+        SA, facts(due=SA_AFTER_EID), utc(2026, 3, 18, 21, 0),
+        [due(B, SA_AFTER_EID, "1 business day", utc(2026, 3, 18, 20, 59, 59))],
+        utc(2026, 3, 25, 16, 59, 59),
+    ),
+    (
+        # Pakistan: Mon 23 Pakistan Day, Sat-Sun 21-22 weekend, Fri 20 Eid: the business
+        # day before Tue 24 is Thu 19.
+        "Pakistan across Eid and Pakistan Day: 1 business day before Tue 24 is Thu 19",
+        PK, facts(due=PK_AFTER_EID), utc(2026, 3, 19, 19, 0),
+        [due(B, PK_AFTER_EID, "1 business day", utc(2026, 3, 19, 18, 59, 59))],
+        utc(2026, 3, 24, 14, 59, 59),
+    ),
+    (
+        "100-second ticket: the 85-second reminder at T0 + 15 s",
+        SECONDS, facts(due=SECS, set_at=T0, since=T0), T0 + timedelta(seconds=15),
+        [due(B, SECS, "85 seconds", T0 + timedelta(seconds=15))], SECS,
+    ),
+    (
+        "100-second ticket: escalation 1 at T0 + 130 s, next at T0 + 160 s",
+        SECONDS, facts(due=SECS, set_at=T0, since=T0), T0 + timedelta(seconds=131),
+        [due(OV, SECS, "1", T0 + timedelta(seconds=130))], T0 + timedelta(seconds=160),
+    ),
+    (
+        "unverified for 23 hours: one nudge; next: expiry after 5 business days",
+        PK, facts(TicketStatus.AWAITING_VERIFICATION, due=None, since=WAIT),
+        WAIT + timedelta(hours=23, minutes=1),
+        [due(VN, WAIT, "", WAIT + timedelta(hours=23))],
+        # 5 business days after Monday 9 March: Monday 16 March 23:59:59 PKT.
+        utc(2026, 3, 16, 18, 59, 59),
+    ),
+    (
+        "unverified: no nudge once WhatsApp's 24-hour window has closed",
+        PK, facts(TicketStatus.AWAITING_VERIFICATION, due=None, since=WAIT),
+        WAIT + timedelta(hours=25), [], utc(2026, 3, 16, 18, 59, 59),
+    ),
+    (
+        "unverified past unverified_expire_after: expire",
+        PK, facts(TicketStatus.AWAITING_VERIFICATION, due=None, since=WAIT),
+        utc(2026, 3, 16, 19, 0), [due(EX, WAIT, "", utc(2026, 3, 16, 18, 59, 59), late=False)],
+        None,
+    ),
+    (
+        "expiry before the nudge would come: no nudge is planned",
+        SHORT_EXPIRY, facts(TicketStatus.AWAITING_VERIFICATION, due=None, since=WAIT),
+        WAIT + timedelta(hours=1), [], WAIT + timedelta(hours=12),
+    ),
+    (
+        # The clock runs from receipt while verification waits: reminders continue.
+        "unverified with a running clock: deadline reminders and the nudge plan together",
+        PK, facts(TicketStatus.AWAITING_VERIFICATION, since=WAIT), utc(2026, 3, 9, 12, 0),
+        [], utc(2026, 3, 9, 18, 59, 59),
+    ),
+    (
+        "awaiting the requester: one nudge after 23 hours, deadline reminders go on",
+        PK, facts(TicketStatus.AWAITING_REQUESTER, since=utc(2026, 3, 10, 10, 0)),
+        utc(2026, 3, 11, 9, 30),
+        [due(RN, utc(2026, 3, 10, 10, 0), "", utc(2026, 3, 11, 9, 0)),
+         due(B, THU, "3 business days", utc(2026, 3, 9, 18, 59, 59), late=True)],
+        utc(2026, 3, 11, 18, 59, 59),
+    ),
+    (
+        "clock stopped while awaiting the requester: the nudge only, then nothing",
+        PAUSING, facts(TicketStatus.AWAITING_REQUESTER, since=utc(2026, 3, 10, 10, 0)),
+        utc(2026, 3, 11, 9, 30),
+        [due(RN, utc(2026, 3, 10, 10, 0), "", utc(2026, 3, 11, 9, 0))], None,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tenant", "ticket", "now", "expected", "next_at"),
+    [case[1:] for case in PLAN_CASES],
+    ids=[case[0] for case in PLAN_CASES],
+)
+def test_plan(
+    tenant: Tenant, ticket: Facts, now: datetime, expected: list[Due], next_at: datetime | None
+) -> None:
+    result = plan(ticket, tenant, now)
+    assert list(result.due) == expected
+    assert result.next_at == next_at
+    assert result.next_at is None or result.next_at > now
+
+
+@pytest.mark.parametrize(
+    ("country", "zone", "deadline", "offset", "expected"),
+    [
+        # Tue 10 March 23:59:59 PKT, 3 business days back: Mon 9, Fri 6, Thu 5.
+        ("PK", "Asia/Karachi", utc(2026, 3, 10, 18, 59, 59), "3 business days",
+         utc(2026, 3, 5, 18, 59, 59)),
+        # "7 days" before Thu 12 March: Thu 5 March, same local time.
+        ("PK", "Asia/Karachi", THU, "7 days", utc(2026, 3, 5, 18, 59, 59)),
+        # "1 month" before 12 March: 12 February.
+        ("PK", "Asia/Karachi", THU, "1 month", utc(2026, 2, 12, 18, 59, 59)),
+        # 31 March 2026 23:59:59 BST (UTC+1), 1 month back: 28 Feb 23:59:59 GMT (UTC+0).
+        ("GB", "Europe/London", utc(2026, 3, 31, 22, 59, 59), "1 month",
+         utc(2026, 2, 28, 23, 59, 59)),
+        # US: Monday 6 July 2026 (the day after Independence Day observed on Fri 3 July);
+        # 1 business day back skips Sun 5, Sat 4 and Fri 3: Thursday 2 July, EDT (UTC-4).
+        ("US", "America/New_York", utc(2026, 7, 7, 3, 59, 59), "1 business day",
+         utc(2026, 7, 3, 3, 59, 59)),
+    ],
+)  # fmt: skip
+def test_reminder_offsets_on_local_calendars(
+    country: str, zone: str, deadline: datetime, offset: str, expected: datetime
+) -> None:
+    assert before(deadline, parse_duration(offset), calendar_of(country, zone)) == expected
+
+
+@pytest.mark.parametrize(
+    ("every", "elapsed", "k"),
+    [
+        ("30 seconds", timedelta(seconds=29), 0),
+        ("30 seconds", timedelta(seconds=30), 1),
+        ("1 day", timedelta(days=3, seconds=-1), 2),
+        ("1 day", timedelta(days=40), 40),
+        # From Thu 12 March: Fri 13, Mon 16, Tue 17, Wed 18, Thu 19 (Fri 20 Eid, Mon 23
+        # Pakistan Day): escalation 5 on Thu 19, the next on Tue 24.
+        ("1 business day", timedelta(days=11), 5),
+        ("1 month", timedelta(days=365), 12),
+    ],
+)
+def test_latest_escalation(every: str, elapsed: timedelta, k: int) -> None:
+    calendar = calendar_of("PK", "Asia/Karachi")
+    interval = parse_duration(every)
+    now = THU + elapsed
+    assert latest_occurrence(THU, interval, now, calendar) == k
+    assert (
+        occurrence(THU, interval, k, calendar) <= now < occurrence(THU, interval, k + 1, calendar)
+    )
+
+
+def test_describe_time_left() -> None:
+    assert describe(timedelta(seconds=85)) == "1 minute 25 seconds"
+    assert describe(timedelta(days=2, hours=4, minutes=3)) == "2 days 4 hours"
+    assert describe(timedelta(hours=-3)) == "3 hours"
+    assert describe(timedelta(0)) == "0 seconds"
+    assert describe(timedelta(days=3, seconds=-1)) == "3 days"
+
+
+# --- passes over a database -----------------------------------------------------------
+
+
+class Clock:
+    """A controllable `now`."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+async def file_ticket(
+    sessions: SessionFactory,
+    tenant: Tenant,
+    *,
+    received: datetime,
+    due_at: datetime | None,
+    kind: str = "access",
+    status: TicketStatus = TicketStatus.OPEN,
+    channel: str = "telegram",
+    address: str | None = None,
+    language: str = "en",
+    last_inbound: datetime | None = None,
+) -> int:
+    """A ticket (with its requester's conversation when `address` is given); its id."""
+    async with transaction(sessions) as session:
+        requester_id = None
+        if address is not None:
+            requester = Requester(tenant=tenant.slug, language=language)
+            session.add(requester)
+            await session.flush()
+            requester_id = requester.id
+            session.add(
+                Conversation(
+                    channel=channel,
+                    address=address,
+                    tenant=tenant.slug,
+                    requester_id=requester_id,
+                    last_inbound_at=last_inbound or received,
+                )
+            )
+        ticket = await tickets.create_ticket(
+            session,
+            tenant=tenant.slug,
+            ref_prefix=tenant.ref_prefix,
+            kind=kind,
+            channel=channel,
+            received_at=received,
+            status=status,
+            language=language,
+            requester_id=requester_id,
+            due_at=due_at,
+            clock_started_at=received if due_at is not None else None,
+        )
+        assert ticket.id is not None
+        return ticket.id
+
+
+async def outbox_rows(sessions: SessionFactory) -> list[OutboundMessage]:
+    async with sessions() as session:
+        return list(await session.exec(select(OutboundMessage).order_by(col(OutboundMessage.id))))
+
+
+async def ticket_row(sessions: SessionFactory, ticket_id: int) -> Ticket:
+    async with sessions() as session:
+        found = await session.get(Ticket, ticket_id)
+        assert found is not None
+        return found
+
+
+async def test_a_reminder_goes_out_once_and_the_next_look_is_planned(
+    sessions: SessionFactory,
+) -> None:
+    clock = Clock(OPEN_SINCE)
+    ticket_id = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
+    job = ReminderPass(sessions, Tenants([PK]), now=clock)
+
+    report = await job.run()  # plans the new ticket: nothing due yet
+    assert (report.looked_at, report.sent) == (1, 0)
+    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == utc(2026, 3, 9, 18, 59, 59)
+    assert (await job.run()).looked_at == 0  # nothing to look at until then
+
+    clock.at = utc(2026, 3, 9, 19, 0)
+    assert (await job.run()).sent == 1
+    clock.at = utc(2026, 3, 9, 19, 5)
+    assert (await job.run()).looked_at == 0
+    (message,) = await outbox_rows(sessions)
+    assert message.channel == "telegram" and message.recipient == str(STAFF_CHAT)
+    text = message.payload["text"]
+    assert text.startswith("⏰ Reminder: TD-2026-00001 (access) is due in 3 days (3 business")
+    assert "(late)" not in text
+    assert "2026-03-12 23:59 PKT" in text and "Not claimed yet" in text
+    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == utc(2026, 3, 11, 18, 59, 59)
+
+
+async def test_the_assignee_is_reminded_in_private_and_admins_get_escalations(
+    sessions: SessionFactory,
+) -> None:
+    clock = Clock(utc(2026, 3, 11, 19, 0))
+    ticket_id = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
+    async with transaction(sessions) as session:
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket is not None
+        ticket.assignee_user_id, ticket.assignee_name = ASSIGNEE, "Ayesha"
+    job = ReminderPass(sessions, Tenants([PK]), now=clock)
+    await job.run()
+    clock.at = THU + timedelta(seconds=5)
+    await job.run()
+    rows = await outbox_rows(sessions)
+    assert [r.recipient for r in rows] == [str(ASSIGNEE), *map(str, ADMINS)]
+    assert "Assigned to Ayesha" in rows[0].payload["text"]
+    assert rows[1].payload["text"].startswith("🚨 Overdue: TD-2026-00001 (access) was due")
+
+
+async def test_escalations_repeat_until_closed_and_catch_up_once_after_downtime(
+    sessions: SessionFactory,
+) -> None:
+    clock = Clock(THU)
+    ticket_id = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
+    job = ReminderPass(sessions, Tenants([PK]), now=clock)
+    await job.run()  # escalation 0
+    clock.at = THU + timedelta(days=3, hours=2)  # down for three days
+    await job.run()
+    await job.run()
+    async with sessions() as session:
+        sent = await store.sent_for(session, ticket_id)
+    assert [(r.kind, r.slot, r.late) for r in sent] == [
+        ("overdue", "0", False),
+        ("overdue", "3", True),
+    ]
+    texts = [r.payload["text"] for r in await outbox_rows(sessions)]
+    assert len(texts) == 2 * len(ADMINS)
+    assert all("(late)" in t for t in texts[2:]) and "3 days 2 hours ago" in texts[-1]
+
+    async with transaction(sessions) as session:
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket is not None
+        ticket.status = TicketStatus.RESOLVED  # the listener asks for a new plan
+        assert ticket.next_reminder_at is None
+    clock.at = THU + timedelta(days=9)
+    await job.run()
+    assert len(await outbox_rows(sessions)) == 2 * len(ADMINS)
+    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == store.NEVER
+
+
+async def test_customers_are_nudged_then_unverified_requests_expire(
+    sessions: SessionFactory,
+) -> None:
+    whatsapp = "whatsapp:+923001112233"
+    template = "HX" + "ab" * 16
+    tenant = policy(whatsapp_templates={"update": template})
+    clock = Clock(WAIT)
+    waiting = await file_ticket(
+        sessions,
+        tenant,
+        received=WAIT,
+        due_at=None,
+        status=TicketStatus.AWAITING_VERIFICATION,
+        channel="whatsapp",
+        address=whatsapp,
+        language="ur",
+    )
+    job = ReminderPass(sessions, Tenants([tenant]), now=clock)
+    await job.run()
+    clock.at = WAIT + timedelta(hours=23, seconds=1)
+    await job.run()
+    (nudge,) = await outbox_rows(sessions)
+    assert nudge.channel == "whatsapp" and nudge.recipient == whatsapp
+    assert nudge.payload["from"] == "whatsapp:+14155230001"
+    assert "TD-2026-00001" in nudge.payload["text"] and "تصدیق" in nudge.payload["text"]
+    assert "16 مارچ، 2026" in nudge.payload["text"]  # the expiry date, in Urdu
+
+    clock.at = utc(2026, 3, 16, 19, 0)  # 5 business days later
+    await job.run()
+    await job.run()
+    ticket = await ticket_row(sessions, waiting)
+    assert ticket.status == TicketStatus.EXPIRED and ticket.closed_at == clock.at
+    assert ticket.next_reminder_at == store.NEVER
+    rows = await outbox_rows(sessions)
+    # A week after the customer last wrote: outside WhatsApp's window, so the template.
+    assert len(rows) == 2 and rows[1].payload["content_sid"] == template
+    variables = json.loads(rows[1].payload["content_variables"])
+    assert variables["1"] == "TD-2026-00001" and "بند کر دی گئی" in variables["2"]
+    async with sessions() as session:
+        history = await tickets.events_of(session, waiting)
+    assert history[-1].kind == "expired" and history[-1].actor == "system"
+    assert history[-1].data == {
+        "status": "expired",
+        "reason": "unverified",
+        "after": "5 business days",
+    }
+
+
+async def test_a_requester_who_is_asked_something_is_nudged_once(sessions: SessionFactory) -> None:
+    clock = Clock(OPEN_SINCE)
+    ticket_id = await file_ticket(
+        sessions, PK, received=OPEN_SINCE, due_at=THU, address="5550001", language="ar"
+    )
+    asked = utc(2026, 3, 10, 10, 0)
+    async with transaction(sessions) as session:
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket is not None
+        ticket.status = TicketStatus.AWAITING_REQUESTER
+        ticket.updated_at = asked
+        await tickets.add_event(
+            session,
+            ticket,
+            actor="staff:21",
+            kind="asked",
+            at=asked,
+            data={"status": ticket.status},
+        )
+    job = ReminderPass(sessions, Tenants([PK]), now=clock)
+    for clock.at in (asked, asked + timedelta(hours=23), asked + timedelta(hours=23, minutes=30)):
+        await job.run()
+    rows = [r for r in await outbox_rows(sessions) if r.recipient == "5550001"]
+    assert len(rows) == 1 and "رسالتنا الأخيرة" in rows[0].payload["text"]
+
+
+async def test_a_ticket_of_an_unknown_tenant_is_left_alone(sessions: SessionFactory) -> None:
+    stray = policy(slug="gone", ref_prefix="GONE")
+    ticket_id = await file_ticket(sessions, stray, received=OPEN_SINCE, due_at=THU)
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(THU + timedelta(days=1)))
+    assert (await job.run()).looked_at == 1
+    assert await outbox_rows(sessions) == []
+    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == store.NEVER
+
+
+async def test_one_broken_ticket_does_not_stop_the_others(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import bot.reminders
+
+    good = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
+    bad = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU + timedelta(days=1))
+    real = bot.reminders.plan
+
+    def fragile(facts: Facts, tenant: Tenant, now: datetime, **kw: Any) -> Any:
+        if facts.due_at != THU:
+            raise RuntimeError("boom")
+        return real(facts, tenant, now, **kw)
+
+    monkeypatch.setattr(bot.reminders, "plan", fragile)
+    now = THU + timedelta(minutes=1)
+    with caplog.at_level(logging.ERROR):
+        report = await ReminderPass(sessions, Tenants([PK]), now=Clock(now)).run()
+    assert (report.sent, report.failed) == (1, 1)
+    assert "TD-2026-00002 failed" in caplog.text
+    assert (await ticket_row(sessions, bad)).next_reminder_at == now + bot.reminders.RETRY_AFTER
+    assert (await ticket_row(sessions, good)).next_reminder_at == THU + timedelta(days=1)
+
+
+async def test_a_clock_stopped_while_awaiting_the_requester_moves_the_deadline(
+    sessions: SessionFactory,
+) -> None:
+    start = utc(2026, 6, 1, 9, 0)
+    tenant = policy(pause_while_awaiting_requester=True)
+    clock = Clock(start)
+    ticket_id = await file_ticket(
+        sessions, tenant, received=start, due_at=start + timedelta(seconds=100), kind="erasure"
+    )
+    job = ReminderPass(sessions, Tenants([tenant]), now=clock)
+    asked, answered = start + timedelta(seconds=10), start + timedelta(seconds=70)
+    for at, status in ((asked, TicketStatus.AWAITING_REQUESTER), (answered, TicketStatus.OPEN)):
+        clock.at = at
+        await job.run()
+        async with transaction(sessions) as session:
+            ticket = await session.get(Ticket, ticket_id)
+            assert ticket is not None
+            ticket.status = status
+            await tickets.add_event(
+                session, ticket, actor="staff:21", kind="status", at=at, data={"status": status}
+            )
+    await job.run()
+    # Stopped for 60 seconds: the 100-second deadline now ends at 160 seconds.
+    assert (await ticket_row(sessions, ticket_id)).due_at == start + timedelta(seconds=160)
+    async with sessions() as session:
+        moved = (await tickets.events_of(session, ticket_id))[-1]
+    assert (
+        moved.kind == "deadline_moved"
+        and moved.data["due_at"] == (start + timedelta(seconds=160)).isoformat()
+    )
+
+
+# --- two schedulers, one PostgreSQL database ------------------------------------------
+
+
+async def _due_without_locks(session: Any, *, now: datetime, limit: int) -> list[Ticket]:
+    """`due_tickets` minus FOR UPDATE SKIP LOCKED: both schedulers see the same tickets."""
+    result = await session.exec(
+        select(Ticket)
+        .where((col(Ticket.next_reminder_at).is_(None)) | (col(Ticket.next_reminder_at) <= now))
+        .order_by(col(Ticket.id))
+        .limit(limit)
+        .execution_options(populate_existing=True)
+    )
+    return list(result)
+
+
+@pytest.mark.parametrize("locking", ["skip-locked", "claims-only"])
+async def test_two_schedulers_on_one_postgres_send_each_reminder_exactly_once(
+    postgres_url: str,
+    locking: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two passes with their own connection pools (as two processes have) race over 1,000
+    tickets at each of a series of moments; every reminder and escalation goes out once.
+
+    "claims-only" takes away the row locks, so both passes work on the same tickets at the
+    same time and only the unique claim in `reminder_sent` stands between them.
+    """
+    if locking == "claims-only":
+        monkeypatch.setattr(store, "due_tickets", _due_without_locks)
+    tenant = policy(reminders={"before": ["2 hours", "1 hour"], "overdue_every": "2 hours"})
+    count, base = 1000, utc(2026, 6, 1, 6, 0)
+    engines: list[AsyncEngine] = [create_engine(postgres_url, pool_size=5) for _ in range(2)]
+    try:
+        first = session_factory(engines[0])
+        async with transaction(first) as session:
+            for i in range(count):
+                await tickets.create_ticket(
+                    session,
+                    tenant=tenant.slug,
+                    ref_prefix=tenant.ref_prefix,
+                    kind="access",
+                    channel="telegram",
+                    received_at=base,
+                    due_at=base + timedelta(hours=3, seconds=7 * i),
+                    clock_started_at=base,
+                )
+        clock = Clock(base)
+        jobs = [
+            ReminderPass(session_factory(engine), Tenants([tenant]), now=clock, batch=50)
+            for engine in engines
+        ]
+        moments = [base + timedelta(minutes=20 * step) for step in range(1, 19)]  # 6 hours
+        sent = already = 0
+        with caplog.at_level(logging.ERROR):
+            for clock.at in moments:
+                reports = await asyncio.gather(*(job.run() for job in jobs))
+                sent += sum(r.sent for r in reports)
+                already += sum(r.already_sent for r in reports)
+        assert caplog.records == []
+        end = moments[-1]
+        expected = Counter[str]()
+        for i in range(count):
+            due_at = base + timedelta(hours=3, seconds=7 * i)
+            expected["before"] += 2
+            expected["overdue"] += int((end - due_at) // timedelta(hours=2)) + 1
+        async with first() as session:
+            kinds = Counter(row.kind for row in await session.exec(select(ReminderSent)))
+            messages = list(await session.exec(select(OutboundMessage)))
+        assert kinds == expected
+        assert sent == sum(expected.values())
+        if locking == "claims-only":
+            assert already > 0  # the race really happened, and the claims decided it
+        # Reminders go to the staff chat; each escalation to every admin.
+        assert len(messages) == expected["before"] + expected["overdue"] * len(ADMINS)
+        assert len({m.dedupe_key for m in messages}) == len(messages)
+    finally:
+        for engine in engines:
+            await engine.dispose()
