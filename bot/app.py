@@ -14,6 +14,8 @@ from aiohttp import web
 from bot.deps import Deps
 from bot.dispatch import Dispatcher
 from bot.inbox import InboxWorker
+from bot.intake import Intake
+from bot.mail import EmailSender, make_mailer
 from bot.messages import Inbound
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, Sender
@@ -50,6 +52,7 @@ def create_app(
         sessions=session_factory(engine),
         metrics=metrics,
         now=now,
+        mail=EmailSender(make_mailer(settings), settings.secret()),
     )
     app[DEPS] = deps
     app.add_routes(routes())
@@ -128,7 +131,7 @@ def _parsers(deps: Deps) -> dict[str, Callable[[InboundMessage], Inbound | None]
 
 
 def _senders(deps: Deps) -> tuple[dict[str, Sender], list[Any]]:
-    senders: dict[str, Sender] = {}
+    senders: dict[str, Sender] = {"email": deps.mail}
     closers: list[Any] = []
     if deps.settings.whatsapp_enabled:
         sender = whatsapp.WhatsAppSender(deps.settings)
@@ -146,8 +149,9 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     outbox_worker = OutboxWorker(
         deps.sessions, senders, observe=deps.metrics.count_outbound, now=deps.now
     )
+    intake = Intake(deps.tenants, deps.mail, deps.settings.secret())
     inbox_worker = InboxWorker(
-        deps.sessions, Dispatcher(deps.tenants, _parsers(deps)), now=deps.now
+        deps.sessions, Dispatcher(intake, _parsers(deps), now=deps.now), now=deps.now
     )
     inbox_worker.after_commit.append(outbox_worker.wake)
     deps.wakers.append(inbox_worker.wake)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bot.mail import EmailSender
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.tenants import Tenants
@@ -26,6 +27,7 @@ class Deps:
     engine: AsyncEngine
     sessions: SessionFactory
     metrics: Metrics
+    mail: EmailSender
     now: Callable[[], datetime] = utcnow
     telegram_bot: Any = None  # telegram.ext.ExtBot when the channel is on
     wakers: list[Callable[[], None]] = field(default_factory=list)

@@ -20,17 +20,20 @@ import os
 import re
 import secrets
 import ssl
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
 from bot.i18n import LANGUAGES, RTL, _, translate, translations
 from bot.logs import mask_email
+from bot.outbox import SendError
+from bot.sealed import derive_key, seal, unseal
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -308,3 +311,34 @@ def make_mailer(settings: Settings) -> Mailer:
     if settings.smtp_url is not None:
         return SmtpMailer(settings.smtp_url.get_secret_value(), settings.mail_from)
     return FileMailer(settings.var_dir / "mail", settings.mail_from)
+
+
+MAIL_KEY_PURPOSE = "rightsdesk outbox mail v1"
+
+
+class EmailSender:
+    """Delivers queued verification mails from the outbox; the code travels sealed."""
+
+    def __init__(self, mailer: Mailer, secret: bytes) -> None:
+        self._mailer = mailer
+        self._key = derive_key(secret, MAIL_KEY_PURPOSE)
+
+    def seal_code(self, code: str) -> str:
+        return seal(self._key, code, context="verification-code")
+
+    async def send(self, recipient: str, payload: Mapping[str, Any]) -> str | None:
+        code = unseal(self._key, str(payload["code"]), context="verification-code")
+        message = verification_email(
+            str(payload.get("language", "en")),
+            business=str(payload["business"]),
+            code=code,
+            ref=str(payload["ref"]),
+            to=recipient,
+        )
+        try:
+            await self._mailer.send(message)
+        except TemporaryMailError as exc:
+            raise SendError(f"mail: {exc}", retryable=True) from None
+        except PermanentMailError as exc:
+            raise SendError(f"mail refused: {exc}", retryable=False) from None
+        return str(message.get("Message-ID", "")) or None

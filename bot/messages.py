@@ -27,6 +27,7 @@ class Inbound:
     sender: str  # whatsapp:+E164 or the Telegram chat id
     received_at: datetime
     tenant: str | None = None
+    to: str | None = None  # WhatsApp: the business number written to
     text: str = ""
     media: tuple[Media, ...] = ()
     user_id: int | None = None  # Telegram user id (staff are recognised by it)

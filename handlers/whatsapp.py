@@ -68,6 +68,7 @@ def parse(form: Mapping[str, str], *, tenant: str | None, received_at: Any) -> I
         provider_id=sid,
         sender=sender,
         tenant=tenant,
+        to=form["To"],
         text=form.get("Body", ""),
         media=tuple(media),
         display_name=form.get("ProfileName") or None,

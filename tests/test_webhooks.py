@@ -35,7 +35,7 @@ async def test_whatsapp_message_is_stored_once_and_acknowledged(database_url: st
         assert "<Response/>" in await first.text()
         sent = await eventually(lambda: svc.twilio.sent_messages(to=CUSTOMER))
         assert sent[0].params["From"] == OD_NUMBER
-        assert "Optician Dynamics" in sent[0].params["Body"]
+        assert "privacy desk of Optician Dynamics" in sent[0].params["Body"]
         assert sent[0].params["StatusCallback"] == PUBLIC + "/webhooks/whatsapp/status"
         # Twilio retries the same MessageSid: acknowledged, not processed again.
         again = await svc.post_whatsapp(form)
@@ -52,7 +52,7 @@ async def test_whatsapp_reply_follows_the_customers_language(database_url: str) 
             inbound_whatsapp_form(from_=CUSTOMER, to=OD_NUMBER, body="میرا ڈیٹا")
         )
         sent = await eventually(lambda: svc.twilio.sent_messages(to=CUSTOMER))
-        assert "شکریہ" in sent[0].params["Body"]
+        assert "پرائیویسی ڈیسک" in sent[0].params["Body"]  # the menu, in Urdu
 
 
 @pytest.mark.parametrize(
@@ -150,18 +150,27 @@ async def test_telegram_webhook_is_registered_with_its_secret(database_url: str)
         assert svc.telegram.violations == []
 
 
-async def test_telegram_update_is_stored_once_and_acknowledged(database_url: str) -> None:
+async def test_telegram_update_is_stored_once_and_answered(database_url: str) -> None:
     async with running_service(database_url) as svc:
         update = svc.telegram.message_update(5550001, "hello", language_code="ar")
         assert (await svc.post_telegram(update)).status == 200
         sent = await eventually(lambda: svc.telegram.sent_messages(chat_id=5550001))
-        assert "Thank you" in sent[0].params["text"]  # Latin text wins over language_code
-        assert (await svc.post_telegram(update)).status == 200
-        second = svc.telegram.message_update(5550001, "مرحبا")
-        assert (await svc.post_telegram(second)).status == 200
-        sent = await eventually(lambda: len(svc.telegram.sent_messages(chat_id=5550001)) == 2)
+        # Three businesses share the bot and none was named: the customer picks one.
+        assert "Which business" in sent[0].params["text"]  # Latin text wins over language_code
+        buttons = [
+            row[0]["callback_data"] for row in sent[0].params["reply_markup"]["inline_keyboard"]
+        ]
+        assert sorted(buttons) == [
+            "tenant:jooptics",
+            "tenant:optician-dynamics",
+            "tenant:optimizory",
+        ]
+        assert (await svc.post_telegram(update)).status == 200  # a repeat: not answered again
+        start = svc.telegram.message_update(5550001, "/start jooptics")
+        assert (await svc.post_telegram(start)).status == 200
+        await eventually(lambda: len(svc.telegram.sent_messages(chat_id=5550001)) == 2)
         texts = [c.params["text"] for c in svc.telegram.sent_messages(chat_id=5550001)]
-        assert len(texts) == 2 and "شكرًا" in texts[1]
+        assert len(texts) == 2 and "privacy desk of Jooptics" in texts[1]
         assert svc.telegram.violations == []
 
 
