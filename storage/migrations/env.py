@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-import storage.models  # noqa: F401  (registers the tables)
+from storage import admin_models, desk_models, models  # noqa: F401  (register the tables)
 
 target_metadata = SQLModel.metadata
 

@@ -1,0 +1,3 @@
+"""Tables of the desk issue (kept apart so parallel work does not collide in models.py)."""
+
+from __future__ import annotations
