@@ -24,7 +24,7 @@ from storage.models import InboundMessage, utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=30)  # a worker that has not finished by then is presumed dead
+LEASE = timedelta(seconds=10)  # processing takes milliseconds; a worker still at it is dead
 
 
 class Handler(Protocol):

@@ -12,7 +12,9 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import outbox
 from storage.db import SessionFactory, transaction
@@ -20,7 +22,7 @@ from storage.models import OutboundMessage, utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=60)  # a sender that has not finished by then is presumed dead
+LEASE = timedelta(seconds=30)  # twice the senders' 15 s timeouts: a sender still at it is dead
 MAX_ATTEMPTS = 25  # ~ a day of backoff at the cap below
 BACKOFF_CAP = 3600.0
 
@@ -40,8 +42,34 @@ class Sender(Protocol):
     async def send(self, recipient: str, payload: Mapping[str, Any]) -> str | None: ...
 
 
+class Reconciler(Protocol):
+    """A sender that can tell whether the provider already took a message (after a crash)."""
+
+    async def find_sent(
+        self, recipient: str, payload: Mapping[str, Any], since: datetime
+    ) -> str | None: ...
+
+
 class Observer(Protocol):
     def __call__(self, channel: str, result: str) -> None: ...
+
+
+class AfterSend(Protocol):
+    """Acts, in the transaction that records the outcome, on a message whose payload has a
+    "hook" (the staff desk keeps a card's message id); `error` is set when it failed for good."""
+
+    async def __call__(
+        self,
+        session: AsyncSession,
+        message: OutboundMessage,
+        provider_id: str | None,
+        error: str | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class ReconcilingSender(Sender, Reconciler, Protocol):
+    """A sender that can also reconcile."""
 
 
 def backoff(attempts: int) -> float:
@@ -61,6 +89,7 @@ class OutboxWorker:
     batch: int = 50
     idle_wait: float = 1.0
     lease: timedelta = LEASE
+    after_send: AfterSend | None = None
 
     def __post_init__(self) -> None:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -77,7 +106,7 @@ class OutboxWorker:
                 session, worker=self.name, now=self.now(), lease=self.lease, limit=self.batch
             )
         if claimed:
-            await asyncio.gather(*(self._deliver(message) for message in claimed))
+            await asyncio.gather(*(self._deliver(c.message, c.in_doubt_since) for c in claimed))
         return len(claimed)
 
     async def run(self) -> None:
@@ -97,14 +126,27 @@ class OutboxWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
             self._wake.clear()
 
-    async def _deliver(self, message: OutboundMessage) -> None:
+    async def _deliver(self, message: OutboundMessage, in_doubt_since: datetime | None) -> None:
         assert message.id is not None
         sender = self.senders.get(message.channel)
         if sender is None:
             await self._retry_later(message, "channel not configured", delay=60.0)
             return
+        started = self.now()
         try:
-            provider_id = await sender.send(message.recipient, message.payload)
+            # Give up well inside the lease: past it, another worker may claim the message.
+            async with asyncio.timeout(self.lease.total_seconds() * 0.8):
+                provider_id = await self._already_sent(sender, message, in_doubt_since)
+                if provider_id is None:
+                    provider_id = await sender.send(message.recipient, message.payload)
+        except TimeoutError:
+            log.warning(
+                "outbox message %s on %s: provider did not answer", message.id, message.channel
+            )
+            # The provider may have taken it: the next attempt asks before sending again.
+            reason = f"{outbox.IN_DOUBT}{started.isoformat()}"
+            await self._retry_later(message, reason, delay=backoff(message.attempts))
+            return
         except SendError as exc:
             if exc.retryable and message.attempts < MAX_ATTEMPTS:
                 delay = (
@@ -121,11 +163,24 @@ class OutboxWorker:
             )
             return
         async with transaction(self.sessions) as session:
-            await outbox.mark_sent(
+            marked = await outbox.mark_sent(
                 session, message.id, worker=self.name, provider_id=provider_id, now=self.now()
             )
+            if marked:
+                await self._hook(session, message, provider_id, None)
         log.info("outbox message %s sent on %s", message.id, message.channel)
         self._count(message.channel, "sent")
+
+    async def _already_sent(
+        self, sender: Sender, message: OutboundMessage, since: datetime | None
+    ) -> str | None:
+        """After a crash mid-send, ask the provider (where it can say) before sending again."""
+        if since is None or not isinstance(sender, ReconcilingSender):
+            return None
+        found = await sender.find_sent(message.recipient, message.payload, since)
+        if found is not None:
+            log.warning("outbox message %s had reached the provider before a crash", message.id)
+        return found
 
     async def _retry_later(self, message: OutboundMessage, reason: str, *, delay: float) -> None:
         assert message.id is not None
@@ -144,9 +199,28 @@ class OutboxWorker:
     async def _fail(self, message: OutboundMessage, reason: str) -> None:
         assert message.id is not None
         async with transaction(self.sessions) as session:
-            await outbox.mark_failed(session, message.id, worker=self.name, error=reason)
+            marked = await outbox.mark_failed(session, message.id, worker=self.name, error=reason)
+            if marked:
+                await self._hook(session, message, None, reason)
         log.error("outbox message %s on %s failed: %s", message.id, message.channel, reason)
         self._count(message.channel, "failed")
+
+    async def _hook(
+        self,
+        session: AsyncSession,
+        message: OutboundMessage,
+        provider_id: str | None,
+        error: str | None,
+    ) -> None:
+        """Run the after-send hook in a savepoint: a failing hook is logged and must not
+        undo the record of a message that did go out (it would be sent again)."""
+        if self.after_send is None or not message.payload.get("hook"):
+            return
+        try:
+            async with session.begin_nested():
+                await self.after_send(session, message, provider_id, error)
+        except Exception:
+            log.exception("outbox message %s: after-send hook failed", message.id)
 
     def _count(self, channel: str, result: str) -> None:
         if self.observe is not None:

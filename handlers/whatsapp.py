@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -284,6 +285,28 @@ class WhatsAppSender:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SendError(f"network: {type(exc).__name__}", retryable=True) from None
         return str(message.sid)
+
+    async def find_sent(
+        self, recipient: str, payload: Mapping[str, Any], since: datetime
+    ) -> str | None:
+        """The sid of this message if Twilio created it after `since` (a crash mid-send).
+
+        Safe because the outbox sends one message per recipient at a time: nothing else to
+        this customer can have been created since the interrupted attempt began.
+        """
+        try:
+            recent = await self._client.messages.list_async(
+                to=recipient, from_=payload["from"], limit=20
+            )
+        except (TwilioRestException, aiohttp.ClientError, TimeoutError) as exc:
+            raise SendError(f"twilio lookup: {type(exc).__name__}", retryable=True) from None
+        for message in recent:
+            created = message.date_created
+            if created is None or created < since.replace(microsecond=0):
+                continue
+            if payload.get("content_sid") or message.body == payload.get("text", ""):
+                return str(message.sid)
+        return None
 
     async def close(self) -> None:
         await self._http.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,6 +14,7 @@ from storage.enums import OutboxStatus
 from storage.models import OutboundMessage
 
 _T = OutboundMessage.__table__  # type: ignore[attr-defined]
+IN_DOUBT = "in doubt since "  # last_error of an attempt that timed out: the provider may have it
 
 
 def enqueue(
@@ -42,9 +43,18 @@ def enqueue(
     return message
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A message taken for sending; `in_doubt_since` is set when an earlier attempt died
+    mid-send after that moment, so the provider may already have it."""
+
+    message: OutboundMessage
+    in_doubt_since: datetime | None = None
+
+
 async def claim(
     session: AsyncSession, *, worker: str, now: datetime, lease: timedelta, limit: int
-) -> Sequence[OutboundMessage]:
+) -> list[Claimed]:
     """Take up to `limit` due messages, at most one per recipient, oldest first.
 
     A message is due when it is pending (or its sender's lease ran out, i.e. the process
@@ -68,15 +78,18 @@ async def claim(
         .exists()
     )
     candidates = (
-        select(col(OutboundMessage.id))
+        sa.select(_T.c.id, _T.c.status, _T.c.locked_until, _T.c.last_error)
         .where(claimable, _T.c.next_attempt_at <= now, ~waiting_before)
         .order_by(_T.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    ids = list(await session.exec(candidates))
-    if not ids:
+    found = list(await session.exec(candidates))  # type: ignore[call-overload]
+    if not found:
         return []
+    ids = [row.id for row in found]
+    # The attempt that died began one lease before its lease ran out (a little slack added).
+    doubt = {row.id: when for row in found if (when := _in_doubt_since(row, lease)) is not None}
     await session.exec(
         sa.update(_T)
         .where(_T.c.id.in_(ids))
@@ -93,7 +106,21 @@ async def claim(
         .order_by(col(OutboundMessage.id))
         .execution_options(populate_existing=True)
     )
-    return list(rows)
+    return [Claimed(row, doubt.get(row.id or 0)) for row in rows]
+
+
+def _in_doubt_since(row: Any, lease: timedelta) -> datetime | None:
+    """When the provider may have got this message already, from when on; else None."""
+    if row.status == OutboxStatus.SENDING and row.locked_until is not None:
+        # The attempt that died began one lease before its lease ran out (slack added).
+        locked_until: datetime = row.locked_until
+        return locked_until - lease - timedelta(seconds=5)
+    if row.last_error and row.last_error.startswith(IN_DOUBT):
+        try:
+            return datetime.fromisoformat(row.last_error.removeprefix(IN_DOUBT))
+        except ValueError:
+            return None
+    return None
 
 
 async def _finish(session: AsyncSession, message_id: int, worker: str, **values: Any) -> bool:

@@ -25,9 +25,10 @@ async def _queue(sessions: SessionFactory, *recipients: str) -> list[int]:
 
 async def _claim(sessions: SessionFactory, worker: str, now=None, limit: int = 10):
     async with transaction(sessions) as session:
-        return await outbox.claim(
+        claimed = await outbox.claim(
             session, worker=worker, now=now or utcnow(), lease=LEASE, limit=limit
         )
+    return [c.message for c in claimed]
 
 
 async def test_claims_one_message_per_recipient_in_order(sessions: SessionFactory) -> None:
@@ -61,12 +62,21 @@ async def test_retry_waits_until_its_time(sessions: SessionFactory) -> None:
     assert again[0].attempts == 2 and again[0].last_error == "503"
 
 
-async def test_expired_lease_is_reclaimed_and_stale_worker_cannot_finish(
+async def test_expired_lease_is_reclaimed_in_doubt_and_stale_worker_cannot_finish(
     sessions: SessionFactory,
 ) -> None:
     (only,) = await _queue(sessions, "5")
     now = utcnow()
     await _claim(sessions, "dead", now=now)
+    async with transaction(sessions) as session:
+        late = now + LEASE + timedelta(seconds=1)
+        again = await outbox.claim(session, worker="probe", now=late, lease=LEASE, limit=5)
+        # The dead attempt started at `now`: the provider may have the message since then.
+        assert [c.message.id for c in again] == [only]
+        assert again[0].in_doubt_since is not None
+        assert again[0].in_doubt_since <= now
+        assert now - again[0].in_doubt_since < timedelta(seconds=10)
+        await session.rollback()
     assert await _claim(sessions, "alive", now=now + LEASE - timedelta(seconds=1)) == []
     taken = await _claim(sessions, "alive", now=now + LEASE + timedelta(seconds=1))
     assert [m.id for m in taken] == [only]

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.twilio_api import FakeTwilio, inbound_whatsapp_form, sign_twilio_request
@@ -129,3 +130,53 @@ async def test_two_serve_processes_on_one_postgres_send_nothing_twice(
         assert len(counts) == customers and set(counts.values()) == {1}
         sent_by = [p.log().count("sent on whatsapp") for p in processes]
         assert sum(sent_by) == customers, sent_by
+
+
+@pytest.mark.timeout(600)
+async def test_conversation_survives_kill_9_between_every_step(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A customer files an erasure request while the server is SIGKILLed after every message —
+    sometimes before it could even answer. Each answer arrives exactly once, and the request
+    is filed once."""
+    import re
+
+    from tests.test_intake import _code_in
+    from tests.test_mail import smtp_server
+
+    number = customer(4242)
+    async with FakeTelegram() as telegram, FakeTwilio() as twilio, aiohttp.ClientSession() as http:
+        with smtp_server() as (mailbox, port):
+            env = service_env(database_url, telegram, twilio, SMTP_URL=f"smtp://127.0.0.1:{port}")
+
+            def answers() -> list[str]:
+                return [c.params["Body"] for c in twilio.sent_messages(to=number)]
+
+            async def say(text: str, *, kill_at_once: bool) -> str:
+                server = await ServeProcess(env, tmp_path, "step").start()
+                before = len(answers())
+                form = inbound_whatsapp_form(from_=number, to=OD_NUMBER, body=text)
+                try:
+                    assert await post_whatsapp(http, server.url, twilio.auth_token, form) == 200
+                    if kill_at_once:
+                        server.kill()  # stored and acknowledged, perhaps not yet processed
+                        server = await ServeProcess(env, tmp_path, "step").start()
+                    await eventually(lambda: len(answers()) > before, timeout=60)
+                finally:
+                    server.kill()
+                return answers()[-1]
+
+            await say("Please delete my data", kill_at_once=True)
+            await say("yes", kill_at_once=False)
+            await say("sana@example.com", kill_at_once=True)
+            await eventually(lambda: mailbox.messages, timeout=60)
+            filed = await say(_code_in(mailbox, "sana@example.com"), kill_at_once=True)
+            assert re.search(r"OD-\d{4}-\d{5}", filed), filed
+            # Let a last server run drain anything left, then count.
+            final = await ServeProcess(env, tmp_path, "final").start()
+            await asyncio.sleep(3)
+            final.stop()
+    replies = answers()
+    assert len(replies) == 4, replies
+    assert len(set(replies)) == 4
+    assert len(mailbox.messages) == 1
