@@ -177,6 +177,6 @@ async def test_conversation_survives_kill_9_between_every_step(
             await asyncio.sleep(3)
             final.stop()
     replies = answers()
-    assert len(replies) == 4, replies
+    assert len(replies) == 4, "\n---\n".join(replies)
     assert len(set(replies)) == 4
     assert len(mailbox.messages) == 1
