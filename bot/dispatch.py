@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot import window
 from bot.intake import Intake
 from bot.messages import Inbound
 from storage import outbox
@@ -53,5 +54,6 @@ class Dispatcher:
     async def _status(self, session: AsyncSession, form: Mapping[str, Any]) -> None:
         sid, status = str(form.get("MessageSid", "")), str(form.get("MessageStatus", ""))
         known = await outbox.record_status(session, provider_id=sid, status=status)
+        await window.hold_after_refusal(session, self.intake.tenants, form, self.now())
         if known is None:
             log.info("status %s for a message this desk did not send", status)

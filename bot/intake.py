@@ -13,7 +13,7 @@ from typing import Any
 from babel.dates import format_time
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import verification
+from bot import verification, window
 from bot.clock import add_duration
 from bot.conversation import (
     AttachMedia,
@@ -74,6 +74,8 @@ class Intake:
         tenant = await self._tenant_of(session, inbound, now)
         if tenant is None:
             return
+        if inbound.channel is Channel.WHATSAPP:
+            await window.release_held(session, recipient=inbound.sender, now=now)
         conversation = await people.conversation_for_update(
             session,
             channel=inbound.channel,
