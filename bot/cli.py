@@ -159,6 +159,45 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_customers_import(args: argparse.Namespace) -> int:
+    from bot.customers import import_customers, read_rows
+    from storage.db import transaction
+    from storage.models import utcnow
+
+    settings = _settings()
+    tenants = _tenants(settings)
+    if args.tenant not in tenants:
+        print(
+            f"rightsdesk: no tenant {args.tenant!r} (have: {', '.join(tenants.slugs)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        with open(args.file, encoding="utf-8-sig", newline="") as handle:
+            rows = read_rows(handle)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        print(f"rightsdesk: {args.file}: {exc}", file=sys.stderr)
+        return 1
+
+    async def run() -> tuple[int, int, list[str]]:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate_if_sqlite(engine, settings)
+            async with transaction(session_factory(engine)) as session:
+                report = await import_customers(
+                    session, tenant=args.tenant, rows=rows, now=utcnow()
+                )
+            return report.added, report.updated, report.skipped
+        finally:
+            await engine.dispose()
+
+    added, updated, skipped = asyncio.run(run())
+    for reason in skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"{args.tenant}: {added} added, {updated} updated, {len(skipped)} skipped")
+    return 0
+
+
 async def migrate_if_sqlite(engine: object, settings: Settings) -> None:
     """The embedded default needs no separate `migrate` step, as with `serve`."""
     from storage.db import is_empty
@@ -192,6 +231,15 @@ def parser() -> argparse.ArgumentParser:
     token_create = token.add_parser("create", help="print a new token once")
     token_create.add_argument("name")
     token_create.set_defaults(func=cmd_token_create)
+    customers = sub.add_parser("customers", help="the optional customer list").add_subparsers(
+        dest="customers_command", required=True
+    )
+    customers_import = customers.add_parser(
+        "import", help="import a CSV of name, email, phone, customer id"
+    )
+    customers_import.add_argument("file")
+    customers_import.add_argument("--tenant", required=True)
+    customers_import.set_defaults(func=cmd_customers_import)
     token_revoke = token.add_parser("revoke", help="revoke a token")
     token_revoke.add_argument("name")
     token_revoke.set_defaults(func=cmd_token_revoke)

@@ -199,3 +199,29 @@ async def is_suppressed(
         )
     )
     return result.first() is not None
+
+
+async def attach_identity(
+    session: AsyncSession,
+    *,
+    requester_id: int,
+    tenant: str,
+    kind: str,
+    value: str,
+    now: datetime,
+) -> None:
+    """Give the requester this identity unless someone at the tenant already has it."""
+    found = await session.exec(
+        select(ContactIdentity.id).where(
+            ContactIdentity.tenant == tenant,
+            ContactIdentity.kind == kind,
+            ContactIdentity.value == value,
+        )
+    )
+    if found.first() is None:
+        session.add(
+            ContactIdentity(
+                requester_id=requester_id, tenant=tenant, kind=kind, value=value, created_at=now
+            )
+        )
+        await session.flush()

@@ -122,3 +122,66 @@ def test_migrate_then_tokens_and_admins(tmp_path: Path, database_url: str) -> No
     assert tokens[0].revoked_at is not None
     assert [a.email for a in admins] == ["boss@example.com"]
     assert admins[0].password_hash.startswith("$argon2")
+
+
+def test_customers_import_adds_updates_and_reports_bad_lines(
+    tmp_path: Path, database_url: str
+) -> None:
+    import asyncio
+
+    from bot.customers import known_customer
+    from storage.db import create_engine, session_factory
+
+    env = {"DATABASE_URL": database_url}
+    assert rightsdesk("migrate", cwd=tmp_path, env=env).returncode == 0
+    csv_file = tmp_path / "customers.csv"
+    csv_file.write_text(
+        "Name,Email,Phone,Customer ID\n"
+        "Amina Khan,Amina@Example.com,+92 300 1234567,C-001\n"
+        "No Contact,,,C-002\n"
+        "Bilal,,0092-300-7654321,C-003\n"
+    )
+    first = rightsdesk(
+        "customers",
+        "import",
+        str(csv_file),
+        "--tenant",
+        "optician-dynamics",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "2 added, 0 updated, 1 skipped" in first.stdout
+    assert "line 3" in first.stderr
+    again = rightsdesk(
+        "customers",
+        "import",
+        str(csv_file),
+        "--tenant",
+        "optician-dynamics",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert "0 added, 2 updated, 1 skipped" in again.stdout
+    wrong = rightsdesk(
+        "customers", "import", str(csv_file), "--tenant", "nope", cwd=tmp_path, env=env
+    )
+    assert wrong.returncode == 2 and "optician-dynamics" in wrong.stderr
+
+    async def lookups() -> tuple[str | None, str | None, str | None]:
+        engine = create_engine(database_url)
+        try:
+            async with session_factory(engine)() as session:
+                return (
+                    await known_customer(
+                        session, tenant="optician-dynamics", email="amina@example.com"
+                    ),
+                    await known_customer(
+                        session, tenant="optician-dynamics", phone="+923007654321"
+                    ),
+                    await known_customer(session, tenant="jooptics", email="amina@example.com"),
+                )
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(lookups()) == ("C-001", "C-003", None)
