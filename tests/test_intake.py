@@ -154,3 +154,22 @@ async def test_telegram_complaint_in_arabic_needs_no_verification(database_url: 
         assert tickets[0].kind == "complaint" and tickets[0].status == TicketStatus.OPEN
         assert tickets[0].language == "ar"
         assert mailbox.messages == []
+
+
+async def test_whatsapp_marketing_stop_in_urdu_and_status(database_url: str) -> None:
+    async with desk(database_url) as (svc, _):
+        customer = WhatsAppCustomer(svc, "whatsapp:+923009998877")
+        menu = await customer.say("السلام علیکم")
+        assert "پرائیویسی ڈیسک" in menu
+        confirm = await customer.say("میرا ڈیٹا حذف کریں")
+        assert "؟" in confirm  # asked, in Urdu, whether that is right
+        asked = await customer.say("جی ہاں")
+        assert "ای میل" in asked
+        done = await customer.say("بند کریں")
+        suppressions = await _rows(database_url, Suppression)
+        assert [s.category for s in suppressions] == ["marketing"]
+        assert done != asked
+        status = await customer.say("اسٹیٹس")
+        tickets = await _rows(database_url, Ticket)
+        erasure = next(t for t in tickets if t.kind == "erasure")
+        assert erasure.ref in status
