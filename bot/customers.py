@@ -9,12 +9,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.verification import normalise_email
 from storage import people
-from storage.models import ContactIdentity, Requester
+from storage.models import Requester
 
 _PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
 COLUMNS = {
@@ -112,20 +111,10 @@ async def _existing(
     session: AsyncSession, tenant: str, identities: list[tuple[str, str | None]]
 ) -> Requester | None:
     for kind, value in identities:
-        if not value:
-            continue
-        found = await session.exec(
-            select(Requester)
-            .join(ContactIdentity, col(ContactIdentity.requester_id) == col(Requester.id))
-            .where(
-                ContactIdentity.tenant == tenant,
-                ContactIdentity.kind == kind,
-                ContactIdentity.value == value,
-            )
-        )
-        requester = found.first()
-        if requester is not None:
-            return requester
+        if value:
+            found = await people.find_requester(session, tenant=tenant, kind=kind, value=value)
+            if found is not None:
+                return found
     return None
 
 
@@ -134,19 +123,8 @@ async def known_customer(
 ) -> str | None:
     """The business's own customer id for this email or phone, if it imported one."""
     for kind, value in (("email", _email_key(email or "")), ("phone", phone)):
-        if not value:
-            continue
-        found = await session.exec(
-            select(Requester.customer_ref)
-            .join(ContactIdentity, col(ContactIdentity.requester_id) == col(Requester.id))
-            .where(
-                ContactIdentity.tenant == tenant,
-                ContactIdentity.kind == kind,
-                ContactIdentity.value == value,
-                col(Requester.customer_ref).is_not(None),
-            )
-        )
-        ref = found.first()
-        if ref:
-            return ref
+        if value:
+            found = await people.find_requester(session, tenant=tenant, kind=kind, value=value)
+            if found is not None and found.customer_ref:
+                return found.customer_ref
     return None

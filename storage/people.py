@@ -54,6 +54,22 @@ async def conversation_for_update(
     return result.one()
 
 
+async def find_requester(
+    session: AsyncSession, *, tenant: str, kind: str, value: str
+) -> Requester | None:
+    """The requester holding this identity at this tenant, if any."""
+    found = await session.exec(
+        select(Requester)
+        .join(ContactIdentity, col(ContactIdentity.requester_id) == col(Requester.id))
+        .where(
+            ContactIdentity.tenant == tenant,
+            ContactIdentity.kind == kind,
+            ContactIdentity.value == value,
+        )
+    )
+    return found.first()
+
+
 async def requester_for(
     session: AsyncSession,
     *,
@@ -65,16 +81,7 @@ async def requester_for(
     language: str | None = None,
 ) -> Requester:
     """The requester known by this identity at this tenant, created on first use."""
-    found = await session.exec(
-        select(Requester)
-        .join(ContactIdentity, col(ContactIdentity.requester_id) == col(Requester.id))
-        .where(
-            ContactIdentity.tenant == tenant,
-            ContactIdentity.kind == kind,
-            ContactIdentity.value == value,
-        )
-    )
-    requester = found.first()
+    requester = await find_requester(session, tenant=tenant, kind=kind, value=value)
     if requester is not None:
         return requester
     requester = Requester(
