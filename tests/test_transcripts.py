@@ -92,7 +92,7 @@ async def drive(
     matching = [line for line in lines if _label_matches(line, kind)]
     assert len(matching) == 1, menu
     label_line = matching[0]
-    number = label_line.strip().split(".")[0]  # noqa
+    number = label_line.strip().split(".")[0]
     said.append(await customer.say(number))
     for _ in range(8):
         step = await step_of(database_url, channel, address)
