@@ -20,6 +20,11 @@ from storage.models import InboundMessage, utcnow
 log = logging.getLogger(__name__)
 
 Parser = Callable[[InboundMessage], Inbound | None]
+STATUS_TRIES = 5  # then a status for a message we never recorded is let go
+
+
+class UnknownMessageYet(Exception):
+    """A status callback for a sid not yet recorded: the inbox retries it shortly."""
 
 
 @dataclass
@@ -32,7 +37,7 @@ class Dispatcher:
 
     async def __call__(self, session: AsyncSession, message: InboundMessage) -> None:
         if message.kind == "status":
-            await self._status(session, message.payload)
+            await self._status(session, message.payload, attempts=message.attempts)
             return
         inbound = self.parsers[message.channel](message)
         if inbound is None:
@@ -51,9 +56,14 @@ class Dispatcher:
             return
         await self.intake.handle(session, inbound, self.now())
 
-    async def _status(self, session: AsyncSession, form: Mapping[str, Any]) -> None:
+    async def _status(
+        self, session: AsyncSession, form: Mapping[str, Any], *, attempts: int
+    ) -> None:
         sid, status = str(form.get("MessageSid", "")), str(form.get("MessageStatus", ""))
         known = await outbox.record_status(session, provider_id=sid, status=status)
+        if known is None and attempts < STATUS_TRIES:
+            # Twilio can call back before our worker has recorded the message's sid.
+            raise UnknownMessageYet(sid)
         await window.hold_after_refusal(session, self.intake.tenants, form, self.now())
         if known is None:
             log.info("status %s for a message this desk did not send", status)
