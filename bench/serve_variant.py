@@ -1,0 +1,51 @@
+"""`rightsdesk serve` with one proposed change applied at start-up, to measure a proposal
+before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
+
+- `sqlite-one-connection`: the SQLite engine keeps a single pooled connection, so writers
+  queue on the pool (an await, first come first served) instead of in SQLite's busy
+  handler, which sleeps 1, 2, 5 … up to 100 ms between tries;
+- `pg-no-pre-ping`: no `pool_pre_ping` on PostgreSQL, saving a round trip per checkout.
+
+    BENCH_VARIANT=sqlite-one-connection DATABASE_URL=... python -m bench.serve_variant
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import storage.db
+
+
+def _patched_create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    variants = {v.strip() for v in os.environ.get("BENCH_VARIANT", "").split(",") if v.strip()}
+    if url.startswith("sqlite") and "sqlite-one-connection" in variants:
+        storage.db._ensure_sqlite_dir(url)
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
+        )
+        storage.db._tune_sqlite(engine)
+        return engine
+    if url.startswith("postgresql") and "pg-no-pre-ping" in variants:
+        return create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+        )
+    return _original(url, pool_size=pool_size)
+
+
+_original: Any = storage.db.create_engine
+
+
+def main() -> None:
+    storage.db.create_engine = _patched_create_engine  # type: ignore[assignment]
+    import bot.app
+    import bot.cli
+
+    bot.app.create_engine = _patched_create_engine  # type: ignore[attr-defined]
+    bot.cli.main(["serve"])
+
+
+if __name__ == "__main__":
+    main()
