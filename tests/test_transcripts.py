@@ -15,7 +15,7 @@ from storage.db import create_engine, session_factory
 from storage.enums import RequestType, TicketStatus
 from storage.models import Conversation, Suppression, Ticket
 from tests.conftest import TENANTS_DIR
-from tests.service import running_service
+from tests.service import eventually, running_service
 from tests.test_intake import TelegramCustomer, WhatsAppCustomer, _code_in
 from tests.test_mail import smtp_server
 
@@ -107,6 +107,8 @@ async def drive(
         elif step == "ask_email":
             answer = email
         elif step == "ask_code":
+            # The reply saying the code was sent can overtake the mail itself.
+            await eventually(lambda: any(email in m.rcpt_tos for m in mailbox.messages))
             answer = _code_in(mailbox, email)
         else:
             return said
