@@ -217,16 +217,22 @@ def _numeric(text: str) -> bool:
     return text.replace(",", "").replace(".", "").replace("-", "").replace("%", "").isdigit()
 
 
-def emit(name: str, result: dict[str, Any], text: str, json_path: str | None) -> None:
-    """Print the table, then the JSON; keep the JSON under bench/results/ (or `json_path`)."""
+def write_json(name: str, result: dict[str, Any], json_path: str | None) -> str:
+    """Keep the JSON under bench/results/<name>.json (or `json_path`); the text written."""
     result = {"benchmark": name, "machine": machine(), **result}
-    print(text)
-    print()
     encoded = json.dumps(result, indent=2, default=str)
-    print(encoded)
     path = Path(json_path) if json_path else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(encoded + "\n")
+    return encoded
+
+
+def emit(name: str, result: dict[str, Any], text: str, json_path: str | None) -> None:
+    """Print the table, then the JSON; keep the JSON under bench/results/ (or `json_path`)."""
+    encoded = write_json(name, result, json_path)
+    print(text)
+    print()
+    print(encoded)
 
 
 async def wait_until(check: Any, *, within: float, every: float = 0.05) -> bool:

@@ -377,7 +377,7 @@ async def main_async(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rd-bench-peer-"))
     results = []
     try:
-        for eager in (True,) if args.quick else (True, False):
+        for eager in (False,) if args.quick else (True, False):
             print(f"… fides (eager={eager})", file=sys.stderr, flush=True)
             try:
                 results.append(await run_fides(args, workdir, eager=eager))

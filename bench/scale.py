@@ -7,7 +7,7 @@ For each database (a SQLite file; a fresh PostgreSQL database), migrated with
    tenants (60/25/15 %), the request types each offers (opt-outs most common), three
    years of history, 90 % closed (resolved, rejected, cancelled, expired), 10 % active
    (open, in progress, awaiting verification or the requester; some overdue, some
-   assigned), a `created` event per ticket and a `verified` one for verified tickets —
+   assigned), a `created` event per ticket and a `verified` one for verified active tickets —
    with PostgreSQL COPY or SQLite executemany in one transaction;
 2. times the list queries, each page 50 rows: first page, filtered pages (tenant + status,
    type, overdue, assignee), and a deep page by cursor (the page after row 500,000).
@@ -43,6 +43,7 @@ from typing import Any
 
 import asyncpg
 
+import tests.conftest  # noqa: F401  (configures the keyring and DATA_KEYS as the tests do)
 from bench.common import (
     ROOT,
     create_pg_database,
@@ -58,7 +59,9 @@ from bench.common import (
     summarize_profile,
     summary_ms,
     table,
+    write_json,
 )
+from storage import crypto
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 PAGE = 50
@@ -120,7 +123,6 @@ CONVERSATION_COLUMNS = [
     "last_inbound_at", "updated_at",
 ]  # fmt: skip
 EVENT_COLUMNS = ["ticket_id", "at", "actor", "kind", "data"]
-WHAT_IF_INDEX = "CREATE INDEX ix_bench_ticket_tenant_status ON ticket (tenant, status)"
 
 
 # --- generating ----------------------------------------------------------------------------
@@ -224,14 +226,19 @@ def generate(count: int, active: int, now: datetime, seed: int = 42) -> Data:
         if not is_active and verified_at is None:
             first_status = "open"
         created = {"status": first_status, "type": kind, "channel": channel}
-        events.append((i, received, "customer", "created", json.dumps(created)))
-        if verified_at is not None:
+        events.append((i, received, "customer", "created", _event_data(created)))
+        if is_active and verified_at is not None:  # the clock reads active histories only
             verified_data = {"status": "open", "due_at": due.isoformat() if due else None}
-            events.append((i, verified_at, "customer", "verified", json.dumps(verified_data)))
-        if closed_at is not None:
-            actor = "system" if status == "expired" else "staff:111"
-            events.append((i, closed_at, actor, status, json.dumps({"status": status})))
+            events.append((i, verified_at, "customer", "verified", _event_data(verified_data)))
     return data
+
+
+def _event_data(data: dict[str, Any]) -> str:
+    """Event data as the service stores it: sealed (storage.crypto), with the keys the
+    tests' configuration puts in the environment of the `serve` it starts."""
+    return crypto.keyring().seal(
+        json.dumps(data, ensure_ascii=False, separators=(",", ":")), context="ticket_event.data"
+    )
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -340,7 +347,6 @@ async def list_queries_in_process(
 ) -> tuple[dict[str, Any], str | None]:
     """`storage.admin_queries.page_tickets` (what the admin list and the API call); and the
     deep page's cursor as the API and the admin list write it, when they can."""
-    import sqlalchemy as sa
 
     from storage import admin_queries as q
     from storage.db import create_engine, session_factory
@@ -385,19 +391,6 @@ async def list_queries_in_process(
             out["count_by_status (one tenant)"] = await time_calls(
                 lambda: counts(q.TicketFilter(tenant="jooptics")), max(5, repeat // 3)
             )
-            # what-if: the index proposed in bench/README.md, made here and dropped again
-            # so that `serve` below runs on the project's own schema
-            async with engine.begin() as conn:
-                await conn.execute(sa.text(WHAT_IF_INDEX))
-                if engine.dialect.name == "sqlite":
-                    await conn.execute(sa.text("ANALYZE"))
-                else:
-                    await conn.execute(sa.text("ANALYZE ticket"))
-            out["count_by_status (one tenant), with (tenant, status) index"] = await time_calls(
-                lambda: counts(q.TicketFilter(tenant="jooptics")), max(5, repeat // 3)
-            )
-            async with engine.begin() as conn:
-                await conn.execute(sa.text("DROP INDEX ix_bench_ticket_tenant_status"))
     finally:
         await engine.dispose()
     return out, encoded
@@ -731,6 +724,12 @@ async def main_async(args: argparse.Namespace) -> None:
             except Exception as exc:  # report what ran; the error is part of the result
                 logging.getLogger("bench").exception("%s failed", kind)
                 out["error"] = f"{type(exc).__name__}: {exc}"
+            settings = {k: getattr(args, k) for k in ("tickets", "active", "repeat")}
+            write_json(  # after each database, so that an interrupted run keeps it
+                "scale-quick" if args.quick else "scale",
+                {"settings": settings, "results": results, "partial": True},
+                args.json,
+            )
     finally:
         if args.keep:
             print(f"work folder kept: {workdir}", file=sys.stderr)
@@ -752,7 +751,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--active", type=int, default=None, help="default: 10 %% of tickets")
     parser.add_argument("--repeat", type=int, default=25)
     parser.add_argument("--serve-wait", type=float, default=10.0)
-    parser.add_argument("--pass-timeout", type=float, default=30.0)
+    parser.add_argument("--pass-timeout", type=float, default=20.0)
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--profile", action="store_true", help="py-spy on the scheduler pass")
     parser.add_argument("--keep", action="store_true")

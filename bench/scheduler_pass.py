@@ -16,11 +16,14 @@ import time
 from bot.reminders import ReminderPass
 from bot.settings import Settings
 from bot.tenants import load_tenants
+from storage import crypto
 from storage.db import create_engine, session_factory
 
 
 async def main_async(database_url: str) -> None:
-    tenants = load_tenants(Settings(_env_file=None).tenants_dir)
+    settings = Settings(_env_file=None)
+    crypto.configure(settings.keyring())  # histories are sealed, as in `serve`
+    tenants = load_tenants(settings.tenants_dir)
     engine = create_engine(database_url)
     try:
         job = ReminderPass(session_factory(engine), tenants)

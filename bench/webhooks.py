@@ -177,7 +177,13 @@ async def _ticket_counts(kind: str, database: str) -> dict[str, int]:
 
 
 async def _inbox_waiting(kind: str, database: str) -> int:
-    sql = "SELECT count(*) FROM inbound_message WHERE processed_at IS NULL"
+    """Customer work still under way: inbound messages not processed, and replies (WhatsApp,
+    email) not yet sent. Staff-group cards are left out: Telegram takes 20 a minute."""
+    sql = (
+        "SELECT (SELECT count(*) FROM inbound_message WHERE processed_at IS NULL) + "
+        "(SELECT count(*) FROM outbound_message WHERE status IN ('pending', 'sending') "
+        "AND channel IN ('whatsapp', 'email'))"
+    )
     if kind == "sqlite":
         with sqlite3.connect(database) as conn:
             return int(conn.execute(sql).fetchone()[0])

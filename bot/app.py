@@ -11,7 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+from bot import sandbox
 from bot.deps import Deps
+from bot.desk import Desk
 from bot.dispatch import Dispatcher
 from bot.inbox import InboxWorker
 from bot.intake import Intake
@@ -22,14 +24,18 @@ from bot.outbox import OutboxWorker, Sender
 from bot.scheduler import Clock
 from bot.settings import Settings
 from bot.tenants import Tenants, load_tenants
-from handlers import telegram, whatsapp
+from bot.webhooks_out import WebhookRelay, WebhookSender
+from handlers import admin, api, staff, telegram, whatsapp
 from handlers.web import DEPS, routes
+from storage import crypto
 from storage.db import create_engine, is_empty, migrate, session_factory
+from storage.desk_models import DeskFile
 from storage.enums import Channel
 from storage.models import InboundMessage, utcnow
 
 log = logging.getLogger(__name__)
 
+INBOX_CONCURRENCY = 8  # PostgreSQL: messages of different senders processed at once
 MAX_BODY = 1024 * 1024  # Twilio forms and Telegram updates are far smaller
 
 
@@ -41,6 +47,7 @@ def create_app(
     workers: bool = True,
 ) -> web.Application:
     """The web process: webhooks, health and metrics, and the background workers."""
+    crypto.configure(settings.keyring())
     app = web.Application(client_max_size=MAX_BODY)
     metrics = Metrics()
     loaded = tenants if tenants is not None else load_tenants(settings.tenants_dir)
@@ -63,6 +70,10 @@ def create_app(
             web.post("/webhooks/telegram", telegram.receive_update),
         ]
     )
+    app.add_subapp("/admin", admin.make_app())
+    app.add_subapp("/api/v1", api.make_app(loaded))
+    app[staff.DESK] = Desk(loaded, settings.secret(), settings.public_url)
+    app.add_routes(staff.routes())
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_telegram_bot)
     if workers:
@@ -130,7 +141,18 @@ def _parsers(deps: Deps) -> dict[str, Callable[[InboundMessage], Inbound | None]
     return {Channel.WHATSAPP: whatsapp_parser, Channel.TELEGRAM: telegram_parser}
 
 
-def _senders(deps: Deps) -> tuple[dict[str, Sender], list[Any]]:
+def _stored_files(deps: Deps, desk: Desk) -> telegram.StoredFiles:
+    """How the Telegram sender reads a file we keep (a customer's WhatsApp media)."""
+
+    async def load(file_id: int) -> tuple[str, bytes] | None:
+        async with deps.sessions() as session:
+            stored = await session.get(DeskFile, file_id)
+            return None if stored is None else (stored.name, desk.open_file(stored))
+
+    return load
+
+
+def _senders(deps: Deps, desk: Desk) -> tuple[dict[str, Sender], list[Any]]:
     senders: dict[str, Sender] = {"email": deps.mail}
     closers: list[Any] = []
     if deps.settings.whatsapp_enabled:
@@ -138,26 +160,51 @@ def _senders(deps: Deps) -> tuple[dict[str, Sender], list[Any]]:
         senders[Channel.WHATSAPP] = sender
         closers.append(sender.close)
     if deps.telegram_bot is not None:
-        senders[Channel.TELEGRAM] = telegram.TelegramSender(deps.telegram_bot)
-    return senders, closers
+        senders[Channel.TELEGRAM] = telegram.TelegramSender(
+            deps.telegram_bot, stored=_stored_files(deps, desk)
+        )
+    webhooks = WebhookSender(deps.tenants, deps.settings.secret())
+    senders["webhook"] = webhooks
+    closers.append(webhooks.close)
+    return sandbox.route(senders), closers
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:
     """The inbox and outbox workers of this process, stopped cleanly on shutdown."""
     deps = app[DEPS]
-    senders, closers = _senders(deps)
+    desk = app[staff.DESK]
+    senders, closers = _senders(deps, desk)
+    if deps.telegram_bot is not None:
+        desk.files = staff.TelegramFiles(deps.telegram_bot)
+        desk.media[Channel.TELEGRAM] = desk.files
+    settings = deps.settings
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        desk.media[Channel.WHATSAPP] = whatsapp.TwilioMedia(
+            settings.twilio_base,
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+        )
     outbox_worker = OutboxWorker(
-        deps.sessions, senders, observe=deps.metrics.count_outbound, now=deps.now
+        deps.sessions,
+        senders,
+        observe=deps.metrics.count_outbound,
+        now=deps.now,
+        after_send=desk.after_send,
     )
-    intake = Intake(deps.tenants, deps.mail, deps.settings.secret())
+    intake = Intake(deps.tenants, deps.mail, deps.settings.secret(), desk=desk)
     inbox_worker = InboxWorker(
-        deps.sessions, Dispatcher(intake, _parsers(deps), now=deps.now), now=deps.now
+        deps.sessions,
+        Dispatcher(intake, _parsers(deps), now=deps.now, desk=desk),
+        now=deps.now,
+        concurrency=1 if settings.is_sqlite else INBOX_CONCURRENCY,
     )
     inbox_worker.after_commit.append(outbox_worker.wake)
     deps.wakers.append(inbox_worker.wake)
+    relay = WebhookRelay(deps.sessions, deps.tenants, now=deps.now, after_commit=outbox_worker.wake)
     tasks = [
         asyncio.create_task(inbox_worker.run(), name="inbox"),
         asyncio.create_task(outbox_worker.run(), name="outbox"),
+        asyncio.create_task(relay.run(), name="webhook-relay"),
     ]
     yield
     for task in tasks:

@@ -1,4 +1,5 @@
-"""The `rightsdesk` command: serve, clock, migrate, check-config, admin and token."""
+"""The `rightsdesk` command: serve, clock, migrate, check-config, admin, token, customers,
+verify-history, purge, backup and restore."""
 
 from __future__ import annotations
 
@@ -8,22 +9,28 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bot import accounts
 from bot.logs import configure
 from bot.settings import Settings, SettingsError, load_settings
 from bot.tenants import TenantConfigError, Tenants, load_tenants
+from storage import crypto
 from storage.db import create_engine, migrate, session_factory
 
 EXIT_CONFIG = 2
 
 
-def _settings() -> Settings:
+def _settings(*, database: bool = True) -> Settings:
+    """The settings; for a command that opens the database, the keyring set up from them."""
     try:
-        return load_settings()
+        settings = load_settings()
     except SettingsError as exc:
         print(f"rightsdesk: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    if database:
+        crypto.configure(settings.keyring())
+    return settings
 
 
 def _tenants(settings: Settings) -> Tenants:
@@ -75,7 +82,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _settings(database=False)
     tenants = _tenants(settings)
     for tenant in tenants:
         print(f"ok  {tenant.slug}: {tenant.name}")
@@ -198,6 +205,105 @@ def cmd_customers_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_history(args: argparse.Namespace) -> int:
+    from storage import history
+
+    settings = _settings()
+
+    async def run() -> tuple[int, list[history.Finding]]:
+        engine = create_engine(settings.database_url)
+        try:
+            async with session_factory(engine)() as session:
+                return await history.verify(session, tenant=args.tenant)
+        finally:
+            await engine.dispose()
+
+    checked, findings = asyncio.run(run())
+    for finding in findings:
+        print(finding)
+    print(f"{checked} tickets checked, {len(findings)} problems", file=sys.stderr)
+    return 1 if findings else 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from storage import backup
+
+    settings = _settings()
+    try:
+        count = backup.backup(settings.database_url, Path(args.file))
+    except backup.BackupError as exc:
+        print(f"rightsdesk: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {count} tickets to {args.file}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from storage import backup
+
+    settings = _settings()
+    try:
+        count, kept = backup.restore(settings.database_url, Path(args.file))
+    except backup.BackupError as exc:
+        print(f"rightsdesk: {exc}", file=sys.stderr)
+        return 1
+    if kept is not None:
+        print(f"the database it replaced is kept as {kept}")
+    print(f"restored {count} tickets from {args.file}")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from bot.retention import purge
+    from storage.models import utcnow
+
+    settings = _settings()
+    tenants = _tenants(settings)
+
+    async def run() -> list[str]:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate_if_sqlite(engine, settings)
+            report = await purge(
+                session_factory(engine), tenants, now=utcnow(), dry_run=args.dry_run
+            )
+            return report.lines()
+        finally:
+            await engine.dispose()
+
+    for line in asyncio.run(run()):
+        print(line)
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from storage import rotation
+
+    if args.new_key:
+        print(crypto.new_key())
+        return 0
+    settings = _settings()
+    configure()
+
+    async def run() -> rotation.Report:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate_if_sqlite(engine, settings)
+            return await rotation.rotate(engine, batch=args.batch)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    for column, count in report.resealed.items():
+        print(f"{column}: {count} re-sealed")
+    for column, count in report.unreadable.items():
+        print(f"rightsdesk: {column}: {count} values no key opens", file=sys.stderr)
+    print(
+        f"{report.total} values re-sealed under key {report.current}, {report.failures} unreadable"
+    )
+    return 1 if report.failures else 0
+
+
 async def migrate_if_sqlite(engine: object, settings: Settings) -> None:
     """The embedded default needs no separate `migrate` step, as with `serve`."""
     from storage.db import is_empty
@@ -243,6 +349,26 @@ def parser() -> argparse.ArgumentParser:
     token_revoke = token.add_parser("revoke", help="revoke a token")
     token_revoke.add_argument("name")
     token_revoke.set_defaults(func=cmd_token_revoke)
+    verify = sub.add_parser(
+        "verify-history", help="check every ticket's history chain; non-zero on any break"
+    )
+    verify.add_argument("--tenant")
+    verify.set_defaults(func=cmd_verify_history)
+    rotate = sub.add_parser(
+        "rotate-key", help="re-seal data at rest under the first DATA_KEYS key (online)"
+    )
+    rotate.add_argument("--batch", type=int, default=200, help="rows per transaction")
+    rotate.add_argument("--new-key", action="store_true", help="print a fresh key and exit")
+    rotate.set_defaults(func=cmd_rotate_key)
+    backup = sub.add_parser("backup", help="consistent online copy of the SQLite database")
+    backup.add_argument("file")
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser("restore", help="put a backup in place (stop the service first)")
+    restore.add_argument("file")
+    restore.set_defaults(func=cmd_restore)
+    purge = sub.add_parser("purge", help="apply the tenants' retention periods now")
+    purge.add_argument("--dry-run", action="store_true", help="only show what would go")
+    purge.set_defaults(func=cmd_purge)
     return root
 
 

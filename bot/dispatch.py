@@ -10,7 +10,9 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import window
+from bot import limits, window
+from bot.desk import Desk
+from bot.inbox import RetryLater
 from bot.intake import Intake
 from bot.messages import Inbound
 from storage import outbox
@@ -23,17 +25,19 @@ Parser = Callable[[InboundMessage], Inbound | None]
 STATUS_TRIES = 5  # then a status for a message we never recorded is let go
 
 
-class UnknownMessageYet(Exception):
+class UnknownMessageYet(RetryLater):
     """A status callback for a sid not yet recorded: the inbox retries it shortly."""
 
 
 @dataclass
 class Dispatcher:
-    """Status callbacks update the outbox; customers' messages go to the intake dialogue."""
+    """Status callbacks update the outbox; staff chats, commands and buttons go to the staff
+    desk; customers' messages go to the intake dialogue."""
 
     intake: Intake
     parsers: Mapping[str, Parser]
     now: Callable[[], datetime] = utcnow
+    desk: Desk | None = None
 
     async def __call__(self, session: AsyncSession, message: InboundMessage) -> None:
         if message.kind == "status":
@@ -41,6 +45,9 @@ class Dispatcher:
             return
         inbound = self.parsers[message.channel](message)
         if inbound is None:
+            return
+        if self.desk is not None and await self.desk.wants(session, inbound):
+            await self.desk.handle(session, inbound, self.now())  # answers its own buttons
             return
         if inbound.callback_id is not None:
             outbox.enqueue(
@@ -51,8 +58,10 @@ class Dispatcher:
                 dedupe_key=f"cbq:{inbound.provider_id}",
             )
         if not inbound.is_private:
-            # Staff groups: the staff-desk commands and relays (not yet built) act here.
-            log.info("inbound %s from a %s chat: no staff desk yet", message.id, inbound.chat_type)
+            log.info("inbound %s from a %s chat: no staff desk", message.id, inbound.chat_type)
+            return
+        if await limits.too_fast(session, message):
+            await limits.slow_down(session, inbound)
             return
         await self.intake.handle(session, inbound, self.now())
 

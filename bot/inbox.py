@@ -33,6 +33,10 @@ class Handler(Protocol):
     async def __call__(self, session: AsyncSession, message: InboundMessage) -> None: ...
 
 
+class RetryLater(Exception):
+    """Expected: the message cannot be handled yet and is tried again after a while."""
+
+
 def retry_delay(attempts: int) -> float:
     return min(600.0, 2.0 ** min(attempts, 10)) * random.uniform(0.8, 1.2)
 
@@ -46,6 +50,10 @@ class InboxWorker:
     idle_wait: float = 1.0
     lease: timedelta = LEASE
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Messages of one batch processed at once (each in its own transaction). A batch holds
+    # at most one message per sender, so each customer's order holds. 1 on SQLite, which
+    # has one writer anyway; more on PostgreSQL, where the round trips then overlap.
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -59,8 +67,17 @@ class InboxWorker:
             claimed = await inbound.claim(
                 session, now=self.now(), lease=self.lease, limit=self.batch
             )
-        for message in claimed:
-            await self._process(message)
+        if self.concurrency > 1 and len(claimed) > 1:
+            gate = asyncio.Semaphore(self.concurrency)
+
+            async def one(message: InboundMessage) -> None:
+                async with gate:
+                    await self._process(message)
+
+            await asyncio.gather(*(one(message) for message in claimed))
+        else:
+            for message in claimed:
+                await self._process(message)
         if claimed:
             for hook in self.after_commit:
                 hook()
@@ -79,7 +96,8 @@ class InboxWorker:
             raise
         except Exception as exc:
             delay = retry_delay(claimed.attempts)
-            log.exception(
+            report = log.info if isinstance(exc, RetryLater) else log.exception
+            report(
                 "inbound %s (%s) failed on attempt %s; retry in %.0fs",
                 claimed.id,
                 claimed.channel,

@@ -4,7 +4,6 @@ performs its effects in the same transaction — tickets, codes, consent, replie
 
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -45,6 +44,7 @@ from bot.conversation import (
     advance,
     render,
 )
+from bot.desk import Desk
 from bot.i18n import _, guess_language, translate
 from bot.logs import mask_email
 from bot.mail import EmailSender
@@ -69,6 +69,7 @@ class Intake:
     tenants: Tenants
     mail: EmailSender
     secret: bytes
+    desk: Desk | None = None  # the staff desk: ticket cards, and answers staff wait for
 
     async def handle(self, session: AsyncSession, inbound: Inbound, now: datetime) -> None:
         tenant = await self._tenant_of(session, inbound, now)
@@ -83,6 +84,13 @@ class Intake:
             tenant=tenant.slug,
             now=now,
         )
+        if self.desk is not None and await self.desk.from_customer(
+            session, tenant, conversation, inbound, now
+        ):  # a message for a ticket staff work on, that the dialogue would not act on
+            conversation.last_inbound_at = inbound.received_at
+            conversation.updated_at = now
+            session.add(conversation)
+            return
         run = _Run(self, session, tenant, conversation, inbound, now)
         state = ConversationState.from_json(conversation.state)
         if inbound.start_param is not None:
@@ -296,7 +304,7 @@ class _Run:
                 value=self.inbound.sender,
                 now=self.now,
             )
-        self._card(ticket, "New request")
+        await self._card(ticket)
         log.info("ticket %s filed via %s", ticket.ref, ticket.channel)
         due = customer_date(ticket.due_at, self.tenant, language) if ticket.due_at else None
         return TicketFiled(ref=ticket.ref, due=due)
@@ -401,7 +409,7 @@ class _Run:
                 value=email,
                 now=self.now,
             )
-        self._card(ticket, "Identity verified")
+        await self._card(ticket)
 
     async def opt_out(self, effect: OptOut) -> None:
         requester_id = await self._requester_id()
@@ -495,58 +503,37 @@ class _Run:
             at=self.now,
             data={"status": str(TicketStatus.CANCELLED)},
         )
-        self._card(ticket, "Withdrawn by the customer")
+        await self._card(ticket)
         return TicketCancelled(ref=ticket.ref, outcome=CancelOutcome.CANCELLED)
 
     async def attach(self, effect: AttachMedia) -> None:
         ticket = await self._own_ticket(effect.ref)
         if ticket is None:
             return
+        if self.intake.desk is not None:  # downloaded and kept sealed with the ticket
+            files = await self.intake.desk.customer_files(
+                self.session, self.tenant, ticket, self.inbound, self.now
+            )
+        else:
+            files = [
+                {"content_type": m.content_type, "name": m.file_name, "kept": False}
+                for m in self.inbound.media
+            ]
         await tickets.add_event(
             self.session,
             ticket,
             actor="customer",
             kind="attachment",
             at=self.now,
-            data={
-                "channel": str(self.inbound.channel),
-                "files": [
-                    {"ref": m.url, "content_type": m.content_type, "name": m.file_name}
-                    for m in self.inbound.media
-                ],
-            },
+            data={"channel": str(self.inbound.channel), "files": files},
         )
 
     # --- staff and dates ---------------------------------------------------------------
 
-    def _card(self, ticket: Ticket, headline: str) -> None:
-        """Tell the tenant's staff chat (the staff-desk issue makes this an interactive card)."""
-        chat = self.tenant.channels.staff_chat_id
-        if chat is None:
-            return
-        due = (
-            ticket.due_at.astimezone(self.tenant.zone).strftime("%Y-%m-%d %H:%M %Z")
-            if ticket.due_at
-            else "starts on verification"
-        )
-        lines = [
-            f"<b>{html.escape(headline)}: {html.escape(ticket.ref)}</b>",
-            f"Type: {html.escape(ticket.kind.replace('_', ' '))}",
-            f"Channel: {html.escape(ticket.channel)} · language: {html.escape(ticket.language)}",
-            f"Status: {html.escape(ticket.status.replace('_', ' '))}",
-            f"Due: {html.escape(due)}",
-        ]
-        if ticket.details:
-            lines.append(f"Details: {html.escape(ticket.details[:1000])}")
-        outbox.enqueue(
-            self.session,
-            channel=Channel.TELEGRAM,
-            recipient=str(chat),
-            tenant=self.tenant.slug,
-            ticket_id=ticket.id,
-            payload={"text": "\n".join(lines), "parse_mode": "HTML"},
-            dedupe_key=f"card:{ticket.ref}:{headline}:{self.inbound.provider_id}",
-        )
+    async def _card(self, ticket: Ticket) -> None:
+        """Show staff the ticket: its card in the staff chat is posted or edited (bot.desk)."""
+        if self.intake.desk is not None:
+            await self.intake.desk.ticket_changed(self.session, ticket, self.now)
 
     def _due_text(self, ticket: Ticket, language: str) -> str | None:
         return customer_date(ticket.due_at, self.tenant, language) if ticket.due_at else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import outbox
@@ -162,14 +163,38 @@ class OutboxWorker:
                 message, f"{type(exc).__name__}", delay=backoff(message.attempts)
             )
             return
-        async with transaction(self.sessions) as session:
-            marked = await outbox.mark_sent(
-                session, message.id, worker=self.name, provider_id=provider_id, now=self.now()
-            )
-            if marked:
-                await self._hook(session, message, provider_id, None)
+        await self._record_sent(message, provider_id)
         log.info("outbox message %s sent on %s", message.id, message.channel)
         self._count(message.channel, "sent")
+
+    async def _record_sent(self, message: OutboundMessage, provider_id: str | None) -> None:
+        """Commit "sent". The provider has the message now: if the database cannot be
+        reached, keep trying (it is the only record that stops a second send) rather than
+        leaving the row to be claimed again when its lease runs out."""
+        assert message.id is not None
+        wait = 0.5
+        while True:
+            try:
+                async with transaction(self.sessions) as session:
+                    marked = await outbox.mark_sent(
+                        session,
+                        message.id,
+                        worker=self.name,
+                        provider_id=provider_id,
+                        now=self.now(),
+                    )
+                    if marked:
+                        await self._hook(session, message, provider_id, None)
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning(
+                    "outbox message %s sent but not recorded yet (%s); trying again in %.1fs",
+                    message.id,
+                    type(exc).__name__,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     async def _already_sent(
         self, sender: Sender, message: OutboundMessage, since: datetime | None

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.reminders import ReminderPass
+from bot.retention import purge
 from bot.settings import Settings
 from bot.tenants import Tenants
 from storage import reminders as store
@@ -30,7 +31,9 @@ log = logging.getLogger(__name__)
 
 PASS_INTERVAL = timedelta(seconds=15)
 MIN_GAP = timedelta(milliseconds=500)  # a precise wake never comes sooner than this
-_REGULAR, _SOON = "clock-pass", "clock-soon"
+RETENTION_INTERVAL = timedelta(hours=1)
+RETENTION_FIRST = timedelta(minutes=1)  # not in the way of a start-up
+_REGULAR, _SOON, _RETENTION = "clock-pass", "clock-soon", "clock-retention"
 
 
 class Clock:
@@ -46,6 +49,8 @@ class Clock:
     ) -> None:
         self.reminders = ReminderPass(sessions, tenants, now=now)
         self.interval = interval if interval is not None else PASS_INTERVAL
+        self.tenants = tenants
+        self.now = now
         self.passes = 0
         self._sessions = sessions
         self._scheduler = AsyncIOScheduler(
@@ -65,6 +70,13 @@ class Clock:
             next_run_time=datetime.now(UTC),
             id=_REGULAR,
         )
+        self._scheduler.add_job(
+            self.retain,
+            "interval",
+            seconds=RETENTION_INTERVAL.total_seconds(),
+            next_run_time=datetime.now(UTC) + RETENTION_FIRST,
+            id=_RETENTION,
+        )
         self._scheduler.start()
         log.info("clock started: a pass every %ss", self.interval.total_seconds())
 
@@ -81,6 +93,18 @@ class Clock:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the loop's next turn
+
+    async def retain(self) -> None:
+        """The retention pass (bot.retention): redactions, deletions, housekeeping."""
+        if self._stopping:
+            return
+        try:
+            report = await purge(self._sessions, self.tenants, now=self.now())
+        except Exception:  # as a reminder pass: logged, and the next run tries again
+            log.exception("retention pass failed; the next one tries again")
+            return
+        for line in report.lines():
+            log.info("retention: %s", line)
 
     async def tick(self) -> None:
         """One pass; a wake that arrives during a pass makes that pass run once more."""

@@ -16,6 +16,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage import crypto
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/rightsdesk.db"
 
 
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     public_base_url: AnyHttpUrl | None = None
     tenants_dir: Path = Path("config/tenants")
     secret_key: SecretStr | None = None
+    data_keys: SecretStr | None = None
+    data_index_key: SecretStr | None = None
     telegram_bot_token: SecretStr | None = None
     telegram_webhook_secret: SecretStr | None = None
     telegram_api_base_url: AnyHttpUrl = AnyHttpUrl("https://api.telegram.org")
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
     @field_validator(
         "public_base_url",
         "secret_key",
+        "data_keys",
+        "data_index_key",
         "telegram_bot_token",
         "telegram_webhook_secret",
         "twilio_account_sid",
@@ -78,6 +84,20 @@ class Settings(BaseSettings):
             raw = value.get_secret_value()
             if not (1 <= len(raw) <= 256) or not all(c.isalnum() or c in "_-" for c in raw):
                 raise ValueError("1-256 characters of A-Z, a-z, 0-9, _ and - only")
+        return value
+
+    @field_validator("data_keys", "data_index_key")
+    @classmethod
+    def _data_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            crypto.parse_keys(value.get_secret_value())
+        return value
+
+    @field_validator("data_index_key")
+    @classmethod
+    def _one_index_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(crypto.parse_keys(value.get_secret_value())) != 1:
+            raise ValueError("one key only (it never rotates)")
         return value
 
     @field_validator("smtp_url")
@@ -138,6 +158,18 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(48))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+    def keyring(self) -> crypto.Keyring:
+        """The keys that seal data at rest: DATA_KEYS (first seals), and the key derived
+        from SECRET_KEY, which seals when DATA_KEYS is unset and always opens; the blind
+        index key is DATA_INDEX_KEY, else derived from SECRET_KEY."""
+        keys = crypto.parse_keys(self.data_keys.get_secret_value()) if self.data_keys else []
+        index = self.data_index_key
+        return crypto.Keyring.from_secret(
+            self.secret(),
+            keys,
+            index_key=crypto.parse_keys(index.get_secret_value())[0] if index else None,
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiDict, MultiDictProxy
 from sqlalchemy.exc import SQLAlchemyError
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -21,6 +21,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.deps import Deps
+from bot.desk import FileGone
 from bot.logs import mask_phone
 from bot.messages import Inbound, Media
 from bot.outbox import SendError
@@ -36,6 +37,8 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 _SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
 _ADDRESS = re.compile(r"^whatsapp:\+[1-9]\d{6,14}$")
 _MAX_MEDIA = 10
+
+_STATUS = re.compile(r"^[a-z_]{1,24}$")  # queued, sent, delivered, read, failed, …
 
 
 class BadPayload(ValueError):
@@ -102,7 +105,12 @@ def _verify(request: web.Request, deps: Deps, form: dict[str, Any]) -> bool:
     if token is None or not signature:
         return False
     validator = RequestValidator(token.get_secret_value())
-    return bool(validator.validate(signed_url(request, deps.settings), form, signature))
+    # A MultiDict: a repeated field is signed value by value, as Twilio signs it.
+    fields: MultiDict[str] = MultiDict()
+    for key, value in form.items():
+        for one in value if isinstance(value, list) else [value]:
+            fields.add(key, one)
+    return bool(validator.validate(signed_url(request, deps.settings), fields, signature))
 
 
 def _answer(status: int = 200, reason: str | None = None) -> web.Response:
@@ -164,8 +172,8 @@ async def _receive_message(request: web.Request, deps: Deps) -> tuple[str, web.R
             tenant=tenant.slug,
             payload=form,
         )
-    except (SQLAlchemyError, OSError):
-        log.exception("whatsapp message %s could not be stored", message.provider_id)
+    except (SQLAlchemyError, OSError) as exc:  # one line, not a traceback per webhook
+        log.warning("whatsapp message %s not stored: %s", message.provider_id, type(exc).__name__)
         return "unavailable", _answer(503, "storage unavailable, retry later")
     if row_id is None:
         log.info("whatsapp message %s is a repeat; not processed again", message.provider_id)
@@ -194,8 +202,10 @@ async def receive_status(request: web.Request) -> web.Response:
         return _answer(403, "invalid X-Twilio-Signature")
     sid = form.get("MessageSid")
     status = form.get("MessageStatus")
-    if not isinstance(sid, str) or not _SID.match(sid) or not isinstance(status, str):
-        return _answer(400, "MessageSid and MessageStatus are required")
+    if not isinstance(sid, str) or not _SID.match(sid):
+        return _answer(400, "MessageSid missing or malformed")
+    if not isinstance(status, str) or not _STATUS.match(status):
+        return _answer(400, "MessageStatus missing or malformed")
     try:
         await _store(
             deps,
@@ -206,11 +216,18 @@ async def receive_status(request: web.Request) -> web.Response:
             tenant=None,
             payload=form,
         )
-    except (SQLAlchemyError, OSError):
-        log.exception("whatsapp status for %s could not be stored", sid)
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("whatsapp status for %s not stored: %s", sid, type(exc).__name__)
         return _answer(503, "storage unavailable, retry later")
     deps.wake_inbox()
     return _answer()
+
+
+def rebase(url: str, base_url: str) -> str:
+    """A *.twilio.com URL moved onto TWILIO_API_BASE_URL (path and query kept)."""
+    base, parts = urlsplit(base_url), urlsplit(url)
+    path = base.path.rstrip("/") + parts.path
+    return urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
 
 
 class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
@@ -218,9 +235,7 @@ class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
 
     def __init__(self, base_url: str, *, timeout: float = 15.0) -> None:
         super().__init__(timeout=timeout, logger=log)
-        split = urlsplit(base_url)
-        self._scheme, self._netloc = split.scheme, split.netloc
-        self._prefix = split.path.rstrip("/")
+        self._base_url = base_url
 
     async def request(
         self,
@@ -233,11 +248,8 @@ class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         timeout: float | None = None,  # noqa: ASYNC109 (twilio's signature)
         allow_redirects: bool = False,
     ) -> Response:
-        parts = urlsplit(url)
-        if parts.netloc.endswith("twilio.com"):
-            url = urlunsplit(
-                (self._scheme, self._netloc, self._prefix + parts.path, parts.query, "")
-            )
+        if urlsplit(url).netloc.endswith("twilio.com"):
+            url = rebase(url, self._base_url)
         if auth is not None:  # the same header, without aiohttp 3.14's deprecated auth=
             headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
         return await super().request(
@@ -249,6 +261,59 @@ class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
 
     def log_response(self, status_code: int, response: Any) -> None:
         """Say nothing (see log_request)."""
+
+
+class MediaGone(FileGone):
+    """The provider says the file is not there (4xx): retrying will not bring it back."""
+
+
+class TwilioMedia:
+    """Downloads a WhatsApp message's media (its MediaUrlN) with the account's credentials.
+
+    Only Twilio's own hosts are fetched (the URL came in a signed webhook, but a fetcher
+    that follows any URL is an SSRF waiting to happen); they go to TWILIO_API_BASE_URL,
+    as the REST calls do. Twilio answers with a redirect to short-lived storage, which is
+    followed without the credentials.
+    """
+
+    def __init__(self, base_url: str, account_sid: str, auth_token: str) -> None:
+        self._base_url = base_url
+        self._auth = aiohttp.encode_basic_auth(account_sid, auth_token)
+
+    def _url(self, url: str) -> str:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme != "https" or not (host == "twilio.com" or host.endswith(".twilio.com")):
+            raise MediaGone("not a Twilio media URL")
+        return rebase(url, self._base_url)
+
+    async def fetch(self, url: str, *, limit: int) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(
+                self._url(url), headers={"Authorization": self._auth}, allow_redirects=False
+            ) as response,
+        ):
+            if response.status in (301, 302, 303, 307, 308):
+                location = response.headers.get("Location", "")
+                return await self._read(http.get(location), limit)
+            return await self._read_response(response, limit)
+
+    async def _read(self, request: Any, limit: int) -> bytes:
+        async with request as response:
+            return await self._read_response(response, limit)
+
+    @staticmethod
+    async def _read_response(response: aiohttp.ClientResponse, limit: int) -> bytes:
+        if 400 <= response.status < 500 and response.status != 429:
+            raise MediaGone(f"twilio media answered {response.status}")
+        if response.status != 200:  # 5xx, 429: the inbox tries the message again later
+            raise RuntimeError(f"twilio media answered {response.status}")
+        data = await response.content.read(limit + 1)
+        if len(data) > limit:
+            raise MediaGone(f"media over {limit} bytes")
+        return data
 
 
 class WhatsAppSender:

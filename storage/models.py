@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from storage.crypto import SealedJSON, SealedText, blind_index
 from storage.enums import OutboxStatus, TicketStatus
 from storage.types import UTCDateTime
 
@@ -28,6 +29,19 @@ def _json() -> Any:
     return Field(default_factory=dict, sa_column=sa.Column(sa.JSON(), nullable=False))
 
 
+def _sealed_json(context: str) -> Any:
+    """A JSON column stored encrypted (storage/crypto.py)."""
+    return Field(default_factory=dict, sa_column=sa.Column(SealedJSON(context), nullable=False))
+
+
+def _sealed(context: str, *, nullable: bool = False) -> Any:
+    """A text column stored encrypted (storage/crypto.py)."""
+    return Field(
+        default=None if nullable else ...,
+        sa_column=sa.Column(SealedText(context), nullable=nullable),
+    )
+
+
 class Requester(SQLModel, table=True):
     """A person who asked one business for something; identities hang off it."""
 
@@ -43,13 +57,18 @@ class ContactIdentity(SQLModel, table=True):
     """A way to reach or recognise a requester: a WhatsApp number, Telegram id or email."""
 
     __tablename__ = "contact_identity"
-    __table_args__ = (sa.UniqueConstraint("tenant", "kind", "value"),)
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "kind", "value_index", name="uq_contact_identity_index"),
+        sa.Index("ix_contact_identity_value_index", "value_index"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     requester_id: int = Field(foreign_key="requester.id", index=True)
     tenant: str = Field(max_length=64)
     kind: str = Field(max_length=16)  # whatsapp | telegram | email | phone
-    value: str = Field(max_length=320)
+    value: str = _sealed("contact_identity.value")
+    # The blind index of `value` (storage/crypto.py): what lookups and the unique key use.
+    value_index: str = Field(default="", max_length=64)
     verified_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts(default_now=True)
 
@@ -72,6 +91,7 @@ class Ticket(SQLModel, table=True):
         sa.Index("ix_ticket_status_due", "status", "due_at", "id"),
         sa.Index("ix_ticket_tenant_due", "tenant", "due_at", "id"),
         sa.Index("ix_ticket_next_reminder", "next_reminder_at"),
+        sa.Index("ix_ticket_tenant_status", "tenant", "status"),  # counts per status
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -84,7 +104,7 @@ class Ticket(SQLModel, table=True):
     channel: str = Field(max_length=16)
     language: str = Field(default="en", max_length=8)
     requester_id: int | None = Field(default=None, foreign_key="requester.id", index=True)
-    details: str | None = None
+    details: str | None = _sealed("ticket.details", nullable=True)
     received_at: datetime = _ts(default_now=True)
     verified_at: datetime | None = _ts(nullable=True)
     clock_started_at: datetime | None = _ts(nullable=True)
@@ -98,6 +118,8 @@ class Ticket(SQLModel, table=True):
     updated_at: datetime = _ts(default_now=True)
     # When the clock should look at this ticket again; NULL: (re)plan at the next pass.
     next_reminder_at: datetime | None = _ts(nullable=True)
+    # The hash of the newest event: the end of the tamper-evident chain (storage/history.py).
+    history_head: str | None = Field(default=None, max_length=64)
 
 
 class TicketEvent(SQLModel, table=True):
@@ -110,7 +132,7 @@ class TicketEvent(SQLModel, table=True):
     at: datetime = _ts(default_now=True)
     actor: str = Field(max_length=120)  # customer | system | staff:<telegram id> | admin:<id>
     kind: str = Field(max_length=40)
-    data: dict[str, Any] = _json()
+    data: dict[str, Any] = _sealed_json("ticket_event.data")
     prev_hash: str | None = Field(default=None, max_length=64)
     hash: str | None = Field(default=None, max_length=64)
 
@@ -126,7 +148,7 @@ class Conversation(SQLModel, table=True):
     tenant: str = Field(default="", max_length=64)  # "" until the business is known
     requester_id: int | None = Field(default=None, foreign_key="requester.id")
     step: str = Field(default="start", max_length=40)
-    state: dict[str, Any] = _json()
+    state: dict[str, Any] = _sealed_json("conversation.state")
     language: str | None = Field(default=None, max_length=8)
     last_inbound_at: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts(default_now=True)
@@ -147,7 +169,7 @@ class InboundMessage(SQLModel, table=True):
     kind: str = Field(default="message", max_length=16)  # message | status | callback
     tenant: str | None = Field(default=None, max_length=64)
     sender: str = Field(default="", max_length=64)
-    payload: dict[str, Any] = _json()
+    payload: dict[str, Any] = _sealed_json("inbound_message.payload")
     received_at: datetime = _ts(default_now=True)
     processed_at: datetime | None = _ts(nullable=True)
     attempts: int = 0
@@ -169,7 +191,7 @@ class OutboundMessage(SQLModel, table=True):
     channel: str = Field(max_length=16)
     tenant: str | None = Field(default=None, max_length=64)
     recipient: str = Field(max_length=64)
-    payload: dict[str, Any] = _json()
+    payload: dict[str, Any] = _sealed_json("outbound_message.payload")
     status: str = Field(default=OutboxStatus.PENDING, max_length=16)
     attempts: int = 0
     next_attempt_at: datetime = _ts(default_now=True)
@@ -221,7 +243,7 @@ class VerificationCode(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int = Field(foreign_key="ticket.id", index=True)
-    email: str = Field(max_length=320)
+    email: str = _sealed("verification_code.email")
     code_hash: str = Field(max_length=128)
     created_at: datetime = _ts(default_now=True)
     expires_at: datetime = _ts()
@@ -277,6 +299,13 @@ class ReminderSent(SQLModel, table=True):
     due_at: datetime = _ts()
     sent_at: datetime = _ts(default_now=True)
     late: bool = False
+
+
+@sa.event.listens_for(ContactIdentity, "before_insert")
+@sa.event.listens_for(ContactIdentity, "before_update")
+def _index_identity(_mapper: Any, _connection: Any, target: ContactIdentity) -> None:
+    """Keep the blind index in step with the value it stands for."""
+    target.value_index = blind_index(target.value)
 
 
 @sa.event.listens_for(Ticket.status, "set")

@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.crypto import blind_index
 from storage.enums import CLOSED_STATUSES
 from storage.models import (
     ConsentRecord,
@@ -64,7 +65,7 @@ async def find_requester(
         .where(
             ContactIdentity.tenant == tenant,
             ContactIdentity.kind == kind,
-            ContactIdentity.value == value,
+            ContactIdentity.value_index == blind_index(value),
         )
     )
     return found.first()
@@ -114,7 +115,7 @@ async def prove_identity(
         select(ContactIdentity).where(
             ContactIdentity.tenant == tenant,
             ContactIdentity.kind == kind,
-            ContactIdentity.value == value,
+            ContactIdentity.value_index == blind_index(value),
         )
     )
     identity = found.first()
@@ -222,7 +223,7 @@ async def attach_identity(
         select(ContactIdentity.id).where(
             ContactIdentity.tenant == tenant,
             ContactIdentity.kind == kind,
-            ContactIdentity.value == value,
+            ContactIdentity.value_index == blind_index(value),
         )
     )
     if found.first() is None:

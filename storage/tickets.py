@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage import history
 from storage.enums import TicketStatus
 from storage.models import Ticket, TicketCounter, TicketEvent
 
@@ -100,9 +101,10 @@ async def add_event(
     at: datetime,
     data: dict[str, Any] | None = None,
 ) -> TicketEvent:
-    """Append one line to the ticket's history; nothing ever updates or deletes one."""
+    """Append one line to the ticket's history, chained to the one before it."""
     assert ticket.id is not None
     event = TicketEvent(ticket_id=ticket.id, actor=actor, kind=kind, at=at, data=data or {})
+    await history.chain(session, ticket, event)
     session.add(event)
     await session.flush()
     return event

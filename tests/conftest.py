@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import uuid
@@ -14,9 +15,24 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage import crypto
 from storage.db import SessionFactory, create_engine, migrate, session_factory
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Encryption at rest, the same for this process and every child it starts (they inherit the
+# environment), whatever SECRET_KEY a test gives: rows one writes, the others read.
+TEST_DATA_KEY = base64.b64encode(b"rightsdesk-test-data-key-32bytes").decode()
+TEST_INDEX_KEY = base64.b64encode(b"rightsdesk-test-index-key-32byte").decode()
+os.environ.setdefault("DATA_KEYS", TEST_DATA_KEY)
+os.environ.setdefault("DATA_INDEX_KEY", TEST_INDEX_KEY)
+crypto.configure(
+    crypto.Keyring.from_secret(
+        b"test-secret-key",
+        crypto.parse_keys(os.environ["DATA_KEYS"]),
+        index_key=crypto.parse_keys(os.environ["DATA_INDEX_KEY"])[0],
+    )
+)
 TENANTS_DIR = ROOT / "config" / "tenants"
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 STRICT = os.environ.get("RIGHTSDESK_STRICT_SKIPS", "") not in ("", "0", "false")
@@ -131,3 +147,10 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def sessions(engine: AsyncEngine) -> SessionFactory:
     return session_factory(engine)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.logscan import LogScan
+
+    if not config.pluginmanager.has_plugin("logscan"):
+        config.pluginmanager.register(LogScan(), "logscan")
