@@ -59,7 +59,7 @@ def create_app(
         sessions=session_factory(engine),
         metrics=metrics,
         now=now,
-        mail=EmailSender(make_mailer(settings), settings.secret()),
+        mail=EmailSender(make_mailer(settings), settings.secret(), mail_from=settings.mail_from),
     )
     app[DEPS] = deps
     app.add_routes(routes())

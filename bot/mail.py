@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import hashlib
+import hmac
 import html
 import ipaddress
 import logging
@@ -167,8 +169,11 @@ def _finish(message: EmailMessage, mail_from: str) -> None:
     if "Date" not in message:
         message["Date"] = format_datetime(datetime.now(UTC))
     if "Message-ID" not in message:
-        domain = parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
-        message["Message-ID"] = make_msgid(domain=domain)
+        message["Message-ID"] = make_msgid(domain=_domain(mail_from))
+
+
+def _domain(mail_from: str) -> str:
+    return parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
 
 
 _ADDRESS = re.compile(r"[^\s<>@\"']+@[^\s<>@\"']+")
@@ -314,14 +319,29 @@ def make_mailer(settings: Settings) -> Mailer:
 
 
 MAIL_KEY_PURPOSE = "rightsdesk outbox mail v1"
+MESSAGE_ID_KEY_PURPOSE = "rightsdesk mail message-id v1"
 
 
 class EmailSender:
-    """Delivers queued verification mails from the outbox; the code travels sealed."""
+    """Delivers queued verification mails from the outbox; the code travels sealed.
 
-    def __init__(self, mailer: Mailer, secret: bytes) -> None:
+    SMTP has no idempotency key: if the process dies after the server accepted a mail but
+    before the outbox recorded it, the mail goes again. Each queued mail therefore carries
+    a Message-ID fixed by its queued row (an HMAC of its sealed code, unique per row), so a
+    resend is the same message (RFC 5322 §3.6.4) and mailbox providers that collapse
+    duplicates by Message-ID, Gmail among them, show it once.
+    """
+
+    def __init__(self, mailer: Mailer, secret: bytes, *, mail_from: str = "") -> None:
         self._mailer = mailer
         self._key = derive_key(secret, MAIL_KEY_PURPOSE)
+        self._id_key = derive_key(secret, MESSAGE_ID_KEY_PURPOSE)
+        self._domain = _domain(mail_from)
+
+    def message_id(self, payload: Mapping[str, Any]) -> str:
+        """The Message-ID of the queued mail `payload`: the same on every attempt."""
+        digest = hmac.new(self._id_key, str(payload["code"]).encode(), hashlib.sha256)
+        return f"<{digest.hexdigest()[:32]}.rightsdesk@{self._domain}>"
 
     def seal_code(self, code: str) -> str:
         return seal(self._key, code, context="verification-code")
@@ -335,6 +355,7 @@ class EmailSender:
             ref=str(payload["ref"]),
             to=recipient,
         )
+        message["Message-ID"] = self.message_id(payload)
         try:
             await self._mailer.send(message)
         except TemporaryMailError as exc:

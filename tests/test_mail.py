@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from bot import mail
 from bot.i18n import FSI, LOCALES, PDI
 from bot.mail import (
+    EmailSender,
     FileMailer,
     PermanentMailError,
     SmtpMailer,
@@ -213,6 +214,26 @@ async def test_smtp_delivers_the_code_with_proper_headers() -> None:
     html = _html(message)
     assert '<html lang="en" dir="ltr">' in html
     assert f">{CODE}</p>" in html
+
+
+async def test_a_queued_mail_sent_again_is_the_same_message() -> None:
+    """After a crash the outbox may send a mail the server already took: it goes under the
+    same Message-ID, so it is the same message; another queued mail gets another one."""
+    sender = EmailSender(SmtpMailer("smtp://127.0.0.1:1", FROM), b"k" * 32, mail_from=FROM)
+    first = {"code": sender.seal_code(CODE), "business": BUSINESS, "ref": REF, "language": "en"}
+    second = {**first, "code": sender.seal_code(CODE)}
+    with smtp_server() as (server, port):
+        sender = EmailSender(
+            SmtpMailer(f"smtp://127.0.0.1:{port}", FROM), b"k" * 32, mail_from=FROM
+        )
+        ids = [await sender.send(TO, first), await sender.send(TO, first)]
+        ids.append(await sender.send(TO, second))
+    got = [m.message["Message-ID"] for m in server.messages]
+    assert got == ids
+    assert got[0] == got[1] != got[2]
+    assert re.fullmatch(r"<[0-9a-f]{32}\.rightsdesk@example\.org>", got[0])
+    other = EmailSender(SmtpMailer("smtp://127.0.0.1:1", FROM), b"j" * 32, mail_from=FROM)
+    assert other.message_id(first) != got[0]  # another installation's ids differ
 
 
 async def test_smtp_arabic_mail_is_right_to_left_with_the_code_kept_apart() -> None:
