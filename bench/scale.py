@@ -316,6 +316,25 @@ async def load_postgres(dsn: str, data: Data) -> None:
         await conn.close()
 
 
+async def fold_counts(url: str) -> float | None:
+    """Fold the per-status count deltas the load's triggers wrote (one per ticket), as
+    `serve`'s clock does every 30 s; how long it took."""
+    try:
+        from storage.admin_queries import compact_counts
+    except ImportError:  # a checkout from before the counts table
+        return None
+    from storage.db import create_engine, session_factory, transaction
+
+    engine = create_engine(url)
+    try:
+        started = time.perf_counter()
+        async with transaction(session_factory(engine)) as session:
+            await compact_counts(session)
+        return round(time.perf_counter() - started, 2)
+    finally:
+        await engine.dispose()
+
+
 # --- timing the list -------------------------------------------------------------------------
 
 
@@ -648,6 +667,7 @@ async def bench_engine(
         out["load_seconds"] = round(time.perf_counter() - started, 1)
         out["events"] = len(data.events)
         del data
+        out["fold_counts_seconds"] = await fold_counts(url)
         print(f"  {kind}: loaded in {out['load_seconds']} s", file=sys.stderr, flush=True)
         deep = args.tickets // 2
         problem = _admin_queries_problem()

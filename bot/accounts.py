@@ -64,9 +64,9 @@ async def create_token(sessions: SessionFactory, *, name: str) -> str:
 
 async def revoke_token(sessions: SessionFactory, *, name: str) -> bool:
     async with transaction(sessions) as session:
-        result = await session.execute(
+        result = await session.exec(
             sa.update(ApiToken)
             .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))  # type: ignore[arg-type, union-attr]
             .values(revoked_at=utcnow())
         )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)

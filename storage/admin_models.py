@@ -1,5 +1,6 @@
 """Tables of the admin issue (kept apart so parallel work does not collide in models.py):
-sign-in sessions, login attempts, the admin audit trail, sandbox chats, the webhook relay."""
+sign-in sessions, login attempts, the admin audit trail, sandbox chats, the webhook relay,
+the tickets' counts by status."""
 
 from __future__ import annotations
 
@@ -81,3 +82,22 @@ class WebhookRelay(SQLModel, table=True):
     # The log's end when the relay first ran: earlier events are history, never sent.
     floor_event_id: int = Field(default=0, sa_type=sa.BigInteger)
     updated_at: datetime = _ts(default_now=True)
+
+
+class TicketStatusCount(SQLModel, table=True):
+    """The number of tickets per (tenant, status), as a sum of deltas.
+
+    Database triggers (migration 0008) add +1 / -1 rows whenever a ticket is inserted,
+    deleted or changes tenant or status, whoever writes it; the clock folds the rows into
+    one per (tenant, status) every 30 seconds (`admin_queries.compact_counts`). Appending
+    rather than updating one counter row means concurrent transactions never wait on each
+    other (or deadlock) over a shared row, and the admin list's counts cost a sum over a
+    few rows instead of a count over a million tickets.
+    """
+
+    __tablename__ = "ticket_status_count"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=64)
+    status: str = Field(max_length=32)
+    delta: int

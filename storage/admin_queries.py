@@ -23,7 +23,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.admin_models import AdminAudit, AdminSession, LoginAttempt, SandboxChat, WebhookRelay
+from storage.admin_models import (
+    AdminAudit,
+    AdminSession,
+    LoginAttempt,
+    SandboxChat,
+    TicketStatusCount,
+    WebhookRelay,
+)
 from storage.crypto import blind_indexes
 from storage.enums import CLOSED_STATUSES, TicketStatus
 from storage.models import (
@@ -186,17 +193,51 @@ async def iter_tickets(
             return
 
 
+_COUNTS = TicketStatusCount.__table__  # type: ignore[attr-defined]
+
+
 async def count_by_status(
     session: AsyncSession, f: TicketFilter, *, now: datetime
 ) -> dict[str, int]:
-    """How many tickets of each status match the filter (the status part left out)."""
-    query = (
-        sa.select(_T.c.status, sa.func.count())
-        .where(*_conditions(f.without_status(), now))
-        .group_by(_T.c.status)
-    )
+    """How many tickets of each status match the filter (the status part left out).
+
+    Filtered by business at most, the counts come from `ticket_status_count` (a sum over a
+    few rows, whatever the number of tickets); any other filter counts the tickets.
+    """
+    f = f.without_status()
+    if f == TicketFilter(tenant=f.tenant):
+        total = sa.func.sum(_COUNTS.c.delta)
+        query = sa.select(_COUNTS.c.status, total).group_by(_COUNTS.c.status).having(total != 0)
+        if f.tenant is not None:
+            query = query.where(_COUNTS.c.tenant == f.tenant)
+    else:
+        query = (
+            sa.select(_T.c.status, sa.func.count())
+            .where(*_conditions(f, now))
+            .group_by(_T.c.status)
+        )
     result = await session.exec(query)  # type: ignore[call-overload]
     return {str(status): int(count) for status, count in result}
+
+
+async def compact_counts(session: AsyncSession) -> int:
+    """Fold `ticket_status_count` into one row per (tenant, status); how many rows went.
+
+    One DELETE … RETURNING takes the rows, so what is summed is exactly what was removed,
+    even while other transactions append new deltas (they are neither seen nor deleted).
+    """
+    deleted = await session.exec(
+        sa.delete(_COUNTS).returning(_COUNTS.c.tenant, _COUNTS.c.status, _COUNTS.c.delta)
+    )
+    totals: dict[tuple[str, str], int] = {}
+    rows = 0
+    for tenant, status, delta in deleted:
+        totals[tenant, status] = totals.get((tenant, status), 0) + int(delta)
+        rows += 1
+    folded = [{"tenant": t, "status": s, "delta": n} for (t, s), n in totals.items() if n]
+    if folded:
+        await session.exec(sa.insert(_COUNTS), params=folded)
+    return rows
 
 
 async def ticket_by_ref(session: AsyncSession, ref: str) -> Ticket | None:

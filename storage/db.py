@@ -1,7 +1,18 @@
-"""The engine, the session factory and migrations, for SQLite and PostgreSQL alike."""
+"""The engine, the session factory and migrations, for SQLite and PostgreSQL alike.
+
+SQLite has one writer at a time. A transaction that writes (`transaction()`, or
+`engine.begin()`) starts with `BEGIN IMMEDIATE`, taking the write lock up front so that two
+writers queue rather than deadlock upgrading read locks; inside one process writers also
+queue on an `asyncio.Lock` first, so a waiting writer awaits its turn instead of sleeping
+in SQLite's busy handler (1, 2, 5 … 100 ms between tries, which put 0.5–1.5 s tails on
+webhooks: `bench/README.md`). A plain session (`sessions()` without `transaction()`) only
+reads: it starts with a deferred `BEGIN` and, under WAL, never waits for a writer.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -53,20 +64,51 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
-        # rather than deadlock when both try to upgrade a read lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(_READ_ONLY):
+            conn.exec_driver_sql("BEGIN")  # a reader: WAL gives it a snapshot, no lock
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "rightsdesk_read_only"
+_WRITERS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+WRITER_WAIT = 30.0  # seconds, as SQLite's own busy_timeout
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    """Sessions for `engine`; on SQLite a session not opened by `transaction()` reads only."""
+    bind = engine.execution_options(**{_READ_ONLY: True}) if _is_sqlite(engine) else engine
+    return async_sessionmaker(bind, class_=AsyncSession, expire_on_commit=False)
+
+
+def _is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
 
 
 @asynccontextmanager
 async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """A session inside one transaction: committed on success, rolled back on error."""
-    async with factory() as session, session.begin():
-        yield session
+    bind = factory.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or not _is_sqlite(bind):
+        async with factory() as session, session.begin():
+            yield session
+        return
+    writers = _WRITERS.setdefault(bind.sync_engine.pool, asyncio.Lock())
+    try:
+        # Not wait_for: on 3.11 it runs acquire() as a task of its own, whose lock is lost
+        # when the wait is cancelled just as it is granted.
+        async with asyncio.timeout(WRITER_WAIT):
+            await writers.acquire()
+    except TimeoutError:
+        raise sa.exc.OperationalError(
+            "BEGIN IMMEDIATE", None, Exception("database is locked (waited for a writer)")
+        ) from None
+    try:
+        async with factory() as session, session.begin():
+            await session.connection(execution_options={_READ_ONLY: False})
+            yield session
+    finally:
+        writers.release()
 
 
 def alembic_config(url: str | None = None) -> Config:

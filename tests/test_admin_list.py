@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.api_models import admin_filter, decode_cursor, encode_cursor, search_terms
 from bot.tenants import load_tenants
 from storage import admin_queries as q
-from storage.db import SessionFactory
+from storage.admin_models import TicketStatusCount
+from storage.db import SessionFactory, transaction
 from storage.enums import TicketStatus
 from storage.models import Ticket
 from tests.conftest import TENANTS_DIR
@@ -24,12 +25,12 @@ STATUSES = list(TicketStatus)
 KINDS = ["access", "erasure", "rectification", "complaint"]
 
 
-async def _bulk(engine: AsyncEngine, count: int, *, seed_value: int = 7) -> None:
+async def _bulk(engine: AsyncEngine, count: int, *, seed_value: int = 7, first: int = 1) -> None:
     """`count` tickets with varied statuses, tenants, kinds and deadlines (ties included)."""
     rng = random.Random(seed_value)
     tenants = [("optician-dynamics", "OD"), ("jooptics", "JOO"), ("optimizory", "OPT")]
     values = []
-    for n in range(1, count + 1):
+    for n in range(first, first + count):
         tenant, prefix = rng.choice(tenants)
         due = (
             None
@@ -154,6 +155,56 @@ async def test_filters_page_and_count_like_python_says(
             sessions, q.TicketFilter(**{**_fields(unfiltered), "status": status}), 100
         )
         assert counts.get(status, 0) == len(found), status
+
+
+async def _counted(sessions: SessionFactory) -> dict[str | None, dict[str, int]]:
+    """What the list's counters say, for all tenants and for each one."""
+    async with sessions() as session:
+        return {
+            tenant: await q.count_by_status(session, q.TicketFilter(tenant=tenant), now=NOW)
+            for tenant in (None, "optician-dynamics", "jooptics", "optimizory")
+        }
+
+
+async def _truth(sessions: SessionFactory) -> dict[str | None, dict[str, int]]:
+    """The same, counted ticket by ticket."""
+    truth: dict[str | None, dict[str, int]] = {
+        t: {} for t in (None, "optician-dynamics", "jooptics", "optimizory")
+    }
+    for (ticket,) in await _all(sessions):
+        for key in (None, ticket.tenant):
+            truth[key][ticket.status] = truth[key].get(ticket.status, 0) + 1
+    return truth
+
+
+async def test_counts_follow_every_change_and_survive_folding(
+    engine: AsyncEngine, sessions: SessionFactory
+) -> None:
+    await _bulk(engine, 120)
+    assert await _counted(sessions) == await _truth(sessions)
+    async with transaction(sessions) as session:
+        tickets = [row[0] for row in await session.exec(sa.select(Ticket).order_by(Ticket.id))]  # type: ignore[call-overload, arg-type]
+        for ticket in tickets[:30]:
+            ticket.status = TicketStatus.RESOLVED if ticket.status != "resolved" else "open"
+        tickets[30].tenant = "optimizory" if tickets[30].tenant != "optimizory" else "jooptics"
+        tickets[31].status = tickets[31].status  # no change: no delta
+        for ticket in tickets[40:45]:
+            await session.delete(ticket)
+    assert await _counted(sessions) == await _truth(sessions)
+
+    async with transaction(sessions) as session:
+        folded = await q.compact_counts(session)
+    assert folded >= 120 + 2 * 31 + 5
+    async with sessions() as session:
+        rows = (await session.exec(sa.select(sa.func.count()).select_from(TicketStatusCount))).one()  # type: ignore[call-overload]
+    assert rows[0] <= 3 * len(STATUSES)  # one row per (tenant, status) at most
+    assert await _counted(sessions) == await _truth(sessions)
+
+    await _bulk(engine, 10, seed_value=8, first=1000)
+    async with transaction(sessions) as session:
+        assert await q.compact_counts(session) > 0
+        assert await q.compact_counts(session) <= 3 * len(STATUSES)  # already folded
+    assert await _counted(sessions) == await _truth(sessions)
 
 
 def _fields(f: q.TicketFilter) -> dict[str, object]:
