@@ -2,7 +2,10 @@
 the benchmark can stop a pass that runs too long by ending the process (its open batch
 rolls back; the batches it committed stay done) and read the progress from the database.
 
-    python -m bench.scheduler_pass DATABASE_URL   # prints one JSON line per pass
+Each line also says how long the pass's batches held their transaction (on SQLite, the
+database's write lock, which webhooks wait behind) and the process's peak RSS.
+
+    python -m bench.scheduler_pass DATABASE_URL [BATCH]   # prints one JSON line per pass
 """
 
 from __future__ import annotations
@@ -10,24 +13,57 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
+import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import bot.reminders
 from bot.reminders import ReminderPass
 from bot.settings import Settings
 from bot.tenants import load_tenants
 from storage import crypto
-from storage.db import create_engine, session_factory
+from storage.db import SessionFactory, create_engine, session_factory, transaction
+
+BATCHES: list[float] = []  # seconds each batch's transaction lasted, lock wait included
 
 
-async def main_async(database_url: str) -> None:
+@asynccontextmanager
+async def timed_transaction(factory: SessionFactory) -> AsyncIterator[object]:
+    started = time.perf_counter()
+    try:
+        async with transaction(factory) as session:
+            yield session
+    finally:
+        BATCHES.append(time.perf_counter() - started)
+
+
+def batch_figures() -> dict[str, object]:
+    if not BATCHES:
+        return {"batches": 0}
+    ms = sorted(1000 * s for s in BATCHES)
+    return {
+        "batches": len(ms),
+        "batch_ms_p50": round(statistics.median(ms), 1),
+        "batch_ms_p95": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1),
+        "batch_ms_max": round(ms[-1], 1),
+    }
+
+
+async def main_async(database_url: str, batch: int | None) -> None:
     settings = Settings(_env_file=None)
     crypto.configure(settings.keyring())  # histories are sealed, as in `serve`
     tenants = load_tenants(settings.tenants_dir)
     engine = create_engine(database_url)
+    bot.reminders.transaction = timed_transaction  # type: ignore[assignment]
     try:
         job = ReminderPass(session_factory(engine), tenants)
+        if batch is not None:
+            job.batch = batch
         for name in ("cold", "warm"):
+            BATCHES.clear()
             started = time.perf_counter()
             report = await job.run()
             line = {
@@ -38,6 +74,9 @@ async def main_async(database_url: str) -> None:
                 "already_sent": report.already_sent,
                 "failed": report.failed,
                 "by_kind": {str(k): v for k, v in report.by_kind.items()},
+                "batch": job.batch,
+                **batch_figures(),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             }
             print(json.dumps(line), flush=True)
     finally:
@@ -46,7 +85,7 @@ async def main_async(database_url: str) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main_async(sys.argv[1]))
+    asyncio.run(main_async(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ def create_app(
 ) -> web.Application:
     """The web process: webhooks, health and metrics, and the background workers."""
     crypto.configure(settings.keyring())
-    app = web.Application(client_max_size=MAX_BODY)
     metrics = Metrics()
     loaded = tenants if tenants is not None else load_tenants(settings.tenants_dir)
     engine = create_engine(settings.database_url)
@@ -61,6 +60,7 @@ def create_app(
         now=now,
         mail=EmailSender(make_mailer(settings), settings.secret(), mail_from=settings.mail_from),
     )
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[deps.foreground.middleware()])
     app[DEPS] = deps
     app.add_routes(routes())
     app.add_routes(
@@ -190,6 +190,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         observe=deps.metrics.count_outbound,
         now=deps.now,
         after_send=desk.after_send,
+        pause=deps.foreground.pause,
     )
     intake = Intake(deps.tenants, deps.mail, deps.settings.secret(), desk=desk)
     inbox_worker = InboxWorker(
@@ -197,6 +198,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         Dispatcher(intake, _parsers(deps), now=deps.now, desk=desk),
         now=deps.now,
         concurrency=1 if settings.is_sqlite else INBOX_CONCURRENCY,
+        pause=deps.foreground.pause,
     )
     inbox_worker.after_commit.append(outbox_worker.wake)
     deps.wakers.append(inbox_worker.wake)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.mail import EmailSender
 from bot.metrics import Metrics
+from bot.priority import Foreground
 from bot.settings import Settings
 from bot.tenants import Tenants
 from storage.db import SessionFactory
@@ -31,6 +32,7 @@ class Deps:
     now: Callable[[], datetime] = utcnow
     telegram_bot: Any = None  # telegram.ext.ExtBot when the channel is on
     wakers: list[Callable[[], None]] = field(default_factory=list)
+    foreground: Foreground = field(default_factory=Foreground)  # webhooks before workers
 
     def wake_inbox(self) -> None:
         """Tell this process's inbox worker that a message was just stored."""

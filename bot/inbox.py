@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -54,6 +54,9 @@ class InboxWorker:
     # at most one message per sender, so each customer's order holds. 1 on SQLite, which
     # has one writer anyway; more on PostgreSQL, where the round trips then overlap.
     concurrency: int = 1
+    # Awaited before each message: the web process lets webhooks in flight go first
+    # (bot.priority).
+    pause: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -85,6 +88,8 @@ class InboxWorker:
 
     async def _process(self, claimed: InboundMessage) -> None:
         assert claimed.id is not None
+        if self.pause is not None:
+            await self.pause()
         try:
             async with transaction(self.sessions) as session:
                 message = await inbound.lock_for_processing(session, claimed.id)

@@ -9,7 +9,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -91,6 +91,9 @@ class OutboxWorker:
     idle_wait: float = 1.0
     lease: timedelta = LEASE
     after_send: AfterSend | None = None
+    # Awaited before each send: the web process lets webhooks in flight go first
+    # (bot.priority).
+    pause: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -129,6 +132,8 @@ class OutboxWorker:
 
     async def _deliver(self, message: OutboundMessage, in_doubt_since: datetime | None) -> None:
         assert message.id is not None
+        if self.pause is not None:
+            await self.pause()
         sender = self.senders.get(message.channel)
         if sender is None:
             await self._retry_later(message, "channel not configured", delay=60.0)

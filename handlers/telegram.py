@@ -35,7 +35,6 @@ from bot.outbox import SendError
 from bot.settings import Settings
 from handlers.web import DEPS
 from storage import inbound as inbound_store
-from storage.db import transaction
 from storage.enums import Channel
 
 log = logging.getLogger(__name__)
@@ -153,17 +152,16 @@ def _inbound(update: Update, received_at: datetime) -> Inbound | None:
 async def store_update(deps: Deps, data: dict[str, Any]) -> int | None:
     """Store one update unless its update_id was seen; the row id, or None for a repeat."""
     update = Update.de_json(dict(data), deps.telegram_bot)
-    async with transaction(deps.sessions) as session:
-        return await inbound_store.store(
-            session,
-            channel=Channel.TELEGRAM,
-            provider_id=str(data["update_id"]),
-            kind="callback" if update.callback_query else "message",
-            sender=_sender_of(update),
-            tenant=None,
-            payload=data,
-            now=deps.now(),
-        )
+    return await inbound_store.store_now(
+        deps.engine,
+        channel=Channel.TELEGRAM,
+        provider_id=str(data["update_id"]),
+        kind="callback" if update.callback_query else "message",
+        sender=_sender_of(update),
+        tenant=None,
+        payload=data,
+        now=deps.now(),
+    )
 
 
 async def receive_update(request: web.Request) -> web.Response:

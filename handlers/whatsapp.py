@@ -28,7 +28,6 @@ from bot.outbox import SendError
 from bot.settings import Settings
 from handlers.web import DEPS
 from storage import inbound as inbound_store
-from storage.db import transaction
 from storage.enums import Channel
 
 log = logging.getLogger(__name__)
@@ -129,8 +128,7 @@ async def _read_form(request: web.Request) -> dict[str, Any]:
 
 
 async def _store(deps: Deps, **fields: Any) -> int | None:
-    async with transaction(deps.sessions) as session:
-        return await inbound_store.store(session, now=deps.now(), **fields)
+    return await inbound_store.store_now(deps.engine, now=deps.now(), **fields)
 
 
 async def receive_message(request: web.Request) -> web.Response:

@@ -35,7 +35,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and write-locking transactions."""
     if url.startswith("sqlite"):
         _ensure_sqlite_dir(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # No rollback on check-in: sessions and connections end their transactions
+        # themselves, and the webhooks' one statement commits on its own; that reset was
+        # one more hand-off to aiosqlite's thread per checkout.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
         _tune_sqlite(engine)
         return engine
     return create_async_engine(
@@ -93,7 +96,18 @@ async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
         async with factory() as session, session.begin():
             yield session
         return
-    writers = _WRITERS.setdefault(bind.sync_engine.pool, asyncio.Lock())
+    async with writing(bind), factory() as session, session.begin():
+        await session.connection(execution_options={_READ_ONLY: False})
+        yield session
+
+
+@asynccontextmanager
+async def writing(engine: AsyncEngine) -> AsyncIterator[None]:
+    """On SQLite, this process's turn to write to `engine`'s database; elsewhere nothing."""
+    if not _is_sqlite(engine):
+        yield
+        return
+    writers = _WRITERS.setdefault(engine.sync_engine.pool, asyncio.Lock())
     try:
         # Not wait_for: on 3.11 it runs acquire() as a task of its own, whose lock is lost
         # when the wait is cancelled just as it is granted.
@@ -104,9 +118,7 @@ async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
             "BEGIN IMMEDIATE", None, Exception("database is locked (waited for a writer)")
         ) from None
     try:
-        async with factory() as session, session.begin():
-            await session.connection(execution_options={_READ_ONLY: False})
-            yield session
+        yield
     finally:
         writers.release()
 

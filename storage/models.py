@@ -140,7 +140,11 @@ class TicketEvent(SQLModel, table=True):
 class Conversation(SQLModel, table=True):
     """Where one customer stands in the dialogue with one business on one channel."""
 
-    __table_args__ = (sa.UniqueConstraint("channel", "address", "tenant"),)
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "address", "tenant"),
+        # a requester's conversations: where the clock and the desk write to a customer
+        sa.Index("ix_conversation_requester", "requester_id", "channel", "tenant"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=16)

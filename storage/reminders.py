@@ -12,41 +12,98 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import ContactIdentity, Conversation, ReminderSent, Ticket, TicketEvent
+from storage.enums import OutboxStatus
+from storage.models import (
+    ContactIdentity,
+    Conversation,
+    OutboundMessage,
+    ReminderSent,
+    Ticket,
+    TicketEvent,
+    utcnow,
+)
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 """`next_reminder_at` of a ticket the clock has nothing more to do for (closed, paused)."""
 
 _TICKET = Ticket.__table__  # type: ignore[attr-defined]
+_EVENT = TicketEvent.__table__  # type: ignore[attr-defined]
 _SENT = ReminderSent.__table__  # type: ignore[attr-defined]
+_OUTBOX = OutboundMessage.__table__  # type: ignore[attr-defined]
 
 
-async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> list[Ticket]:
+@dataclass(frozen=True, slots=True)
+class DueTicket:
+    """The columns of a ticket the clock reads, as plain values: no ORM object, no identity
+    map, and no sealed `details` to open."""
+
+    id: int
+    tenant: str
+    ref: str
+    kind: str
+    status: str
+    channel: str
+    language: str
+    requester_id: int | None
+    received_at: datetime
+    clock_started_at: datetime | None
+    due_at: datetime | None
+    updated_at: datetime
+    assignee_user_id: int | None
+    assignee_name: str | None
+    staff_thread_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One line of a ticket's history, as far as planning reads it."""
+
+    at: datetime
+    kind: str
+    data: dict[str, Any]
+
+
+_DUE_COLUMNS = [_TICKET.c[name] for name in DueTicket.__slots__]
+
+
+async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> list[DueTicket]:
     """Lock up to `limit` tickets the clock must look at: unplanned, or their time has come.
 
-    On PostgreSQL the rows stay locked until the caller's transaction ends and SKIP LOCKED
-    lets a second scheduler take other tickets instead of waiting for these.
+    Each kind is found on the `next_reminder_at` index by itself (one `OR` query ends up
+    scanning the whole table: 0.15 s at a million tickets, per batch), the unplanned first,
+    then the earliest due; the rows are read by id once found. On PostgreSQL the rows stay
+    locked until the caller's transaction ends and SKIP LOCKED lets a second scheduler take
+    other tickets instead of waiting for these.
     """
-    wanted = sa.or_(
-        col(Ticket.next_reminder_at).is_(None),
-        col(Ticket.next_reminder_at) <= now,
+    column = _TICKET.c.next_reminder_at
+    connection = await session.connection()
+    ids: list[int] = []
+    for wanted, order in ((column.is_(None), ()), (column <= now, (column,))):
+        if len(ids) == limit:
+            break
+        found = await connection.execute(
+            sa.select(_TICKET.c.id)
+            .where(wanted)
+            .order_by(*order)
+            .limit(limit - len(ids))
+            .with_for_update(skip_locked=True)
+        )
+        ids.extend(found.scalars())
+    if not ids:
+        return []
+    rows = await connection.execute(
+        sa.select(*_DUE_COLUMNS).where(_TICKET.c.id.in_(ids)).order_by(_TICKET.c.id)
     )
-    result = await session.exec(
-        select(Ticket)
-        .where(wanted)
-        .order_by(col(Ticket.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    )
-    return list(result)
+    return [DueTicket(*row) for row in rows]
 
 
 async def next_wake(session: AsyncSession) -> datetime | None:
@@ -72,20 +129,19 @@ async def set_next(session: AsyncSession, when_by_ticket: Mapping[int, datetime]
     )
 
 
-async def events_by_ticket(
-    session: AsyncSession, ticket_ids: Sequence[int]
-) -> dict[int, list[TicketEvent]]:
+async def histories(session: AsyncSession, ticket_ids: Sequence[int]) -> dict[int, list[Step]]:
     """The histories of several tickets in one query, each oldest first."""
-    found: dict[int, list[TicketEvent]] = defaultdict(list)
+    found: dict[int, list[Step]] = defaultdict(list)
     if not ticket_ids:
         return found
-    result = await session.exec(
-        select(TicketEvent)
-        .where(col(TicketEvent.ticket_id).in_(ticket_ids))
-        .order_by(col(TicketEvent.ticket_id), col(TicketEvent.id))
+    query = (
+        sa.select(_EVENT.c.ticket_id, _EVENT.c.at, _EVENT.c.kind, _EVENT.c.data)
+        .where(_EVENT.c.ticket_id.in_(ticket_ids))
+        .order_by(_EVENT.c.ticket_id, _EVENT.c.id)
     )
-    for row in result:
-        found[row.ticket_id].append(row)
+    connection = await session.connection()
+    for ticket_id, at, kind, data in await connection.execute(query):
+        found[ticket_id].append(Step(at, kind, data))
     return found
 
 
@@ -106,10 +162,8 @@ async def claim(
     second waits for the first to commit and then inserts nothing, so only one of them goes
     on to queue the message.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     result = await session.exec(
-        insert(_SENT)
+        _insert(session)(_SENT)
         .values(
             ticket_id=ticket_id,
             kind=kind,
@@ -124,6 +178,94 @@ async def claim(
     )
     row = result.first()
     return int(row[0]) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A reminder about to be sent: (ticket_id, kind, anchor_at, slot) is its identity."""
+
+    ticket_id: int
+    kind: str
+    anchor_at: datetime
+    slot: str
+    due_at: datetime
+    late: bool
+
+
+async def claim_many(
+    session: AsyncSession, claims: Sequence[Claim], *, now: datetime
+) -> set[tuple[int, str, datetime, str]]:
+    """`claim` for a whole batch: the keys this call recorded; the others were already sent.
+
+    Multi-row INSERT … ON CONFLICT DO NOTHING RETURNING: a row that exists (or that another
+    process is inserting, which PostgreSQL waits for) comes back as nothing, so only one
+    process ever queues its message.
+    """
+    if not claims:
+        return set()
+    statement = (
+        _insert(session)(_SENT)
+        .on_conflict_do_nothing(index_elements=["ticket_id", "kind", "anchor_at", "slot"])
+        .returning(_SENT.c.ticket_id, _SENT.c.kind, _SENT.c.anchor_at, _SENT.c.slot)
+    )
+    rows = [
+        {
+            "ticket_id": c.ticket_id,
+            "kind": c.kind,
+            "anchor_at": c.anchor_at,
+            "slot": c.slot,
+            "due_at": c.due_at,
+            "sent_at": now,
+            "late": c.late,
+        }
+        for c in claims
+    ]
+    connection = await session.connection()
+    result = await connection.execute(statement, rows)
+    return {(row[0], row[1], row[2], row[3]) for row in result}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message the clock queues: `outbox.enqueue`'s arguments, for many at once."""
+
+    channel: str
+    recipient: str
+    payload: dict[str, Any]
+    tenant: str
+    ticket_id: int
+    dedupe_key: str
+
+
+async def queue(session: AsyncSession, messages: Sequence[Message]) -> None:
+    """Add messages to the outbox in one statement, as `outbox.enqueue` would one by one;
+    one whose `dedupe_key` is already queued is not queued again."""
+    if not messages:
+        return
+    created = utcnow()
+    rows = [
+        {
+            "channel": m.channel,
+            "tenant": m.tenant,
+            "recipient": m.recipient,
+            "payload": m.payload,
+            "status": OutboxStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": created,
+            "dedupe_key": m.dedupe_key,
+            "ticket_id": m.ticket_id,
+            "created_at": created,
+        }
+        for m in messages
+    ]
+    statement = _insert(session)(_OUTBOX).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    connection = await session.connection()
+    await connection.execute(statement, rows)
+
+
+def _insert(session: AsyncSession) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 async def sent_for(session: AsyncSession, ticket_id: int) -> list[ReminderSent]:

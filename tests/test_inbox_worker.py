@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -80,3 +83,62 @@ async def test_one_at_a_time_by_default(sessions: SessionFactory) -> None:
 
     await _drain(InboxWorker(sessions, handler))
     assert most == 1
+
+
+async def test_a_webhooks_one_statement_stores_what_a_session_would(
+    engine: AsyncEngine, sessions: SessionFactory
+) -> None:
+    """`store_now` (the webhooks' path) and `store` (a session's) write the same row: the
+    payload sealed and opened again, UTC times, and a repeat of a provider id refused."""
+    now = utcnow()
+    fields = {
+        "channel": "whatsapp",
+        "kind": "message",
+        "sender": "whatsapp:+923001234567",
+        "tenant": "optician-dynamics",
+        "payload": {"Body": "حذف کریں", "NumMedia": ["0"]},
+        "now": now,
+    }
+    fast = await inbound.store_now(engine, provider_id="SM-fast", **fields)  # type: ignore[arg-type]
+    assert fast is not None
+    assert await inbound.store_now(engine, provider_id="SM-fast", **fields) is None  # type: ignore[arg-type]
+    async with transaction(sessions) as session:
+        slow = await inbound.store(session, provider_id="SM-slow", **fields)  # type: ignore[arg-type]
+    async with sessions() as session:
+        rows = {
+            row.provider_id: row
+            for row in await session.exec(select(InboundMessage).order_by(InboundMessage.id))  # type: ignore[arg-type]
+        }
+        sealed = {
+            pid: text
+            for pid, text in (
+                await session.exec(sa.text("SELECT provider_id, payload FROM inbound_message"))  # type: ignore[call-overload]
+            )
+        }
+    assert set(rows) == {"SM-fast", "SM-slow"} and rows["SM-fast"].id == fast != slow
+    for pid in rows:
+        assert rows[pid].payload == fields["payload"]
+        assert "حذف" not in sealed[pid]  # sealed at rest, on both paths
+        assert rows[pid].received_at == now == rows[pid].next_attempt_at
+        assert rows[pid].attempts == 0 and rows[pid].processed_at is None
+    assert rows["SM-fast"].sender == rows["SM-slow"].sender
+
+
+async def test_a_driver_error_on_the_webhook_path_is_an_operational_error(
+    engine: AsyncEngine,
+) -> None:
+    """The handlers answer 503 to SQLAlchemy's errors: a failure of the driver itself (here
+    a table that is not there) must come out as one, not as the driver's own exception."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE inbound_message RENAME TO inbound_gone"))
+    with pytest.raises(sa.exc.OperationalError):
+        await inbound.store_now(
+            engine,
+            channel="whatsapp",
+            provider_id="SM1",
+            kind="message",
+            sender="whatsapp:+923001234567",
+            tenant=None,
+            payload={},
+            now=utcnow(),
+        )

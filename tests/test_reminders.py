@@ -13,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
 from bot.clock import parse_duration
 from bot.reminders import (
+    RETRY_AFTER,
     Due,
     Facts,
     ReminderKind,
@@ -35,6 +37,7 @@ from storage import tickets
 from storage.db import SessionFactory, create_engine, session_factory, transaction
 from storage.enums import TicketStatus
 from storage.models import Conversation, OutboundMessage, ReminderSent, Requester, Ticket
+from storage.reminders import DueTicket
 
 STAFF_CHAT = -1001
 ADMINS = [11, 12]
@@ -571,6 +574,211 @@ async def test_one_broken_ticket_does_not_stop_the_others(
     assert (await ticket_row(sessions, good)).next_reminder_at == THU + timedelta(days=1)
 
 
+# --- batches: planned in Python, staff reminders claimed and queued in bulk ----------------
+
+NOW = THU + timedelta(minutes=1)  # escalation 0 of THU; the 1-business-day reminder of FRI
+FRI = THU + timedelta(days=1)
+
+
+async def file_mixed_desk(sessions: SessionFactory) -> dict[str, int]:
+    """Six tickets that at NOW take every way through a pass; their ids by name."""
+    ids = {
+        "overdue": await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU),
+        "assigned": await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=FRI),
+        "threaded": await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=FRI),
+        "quiet": await file_ticket(
+            sessions, PK, received=OPEN_SINCE, due_at=THU + timedelta(days=30)
+        ),
+        "nudge": await file_ticket(  # waits for the customer: 23 hours are up, a nudge
+            sessions,
+            PK,
+            received=NOW - timedelta(hours=23, minutes=30),
+            due_at=THU + timedelta(days=30),
+            status=TicketStatus.AWAITING_REQUESTER,
+            address="5550002",
+        ),
+        "stray": await file_ticket(
+            sessions, policy(slug="gone", ref_prefix="GONE"), received=OPEN_SINCE, due_at=THU
+        ),
+    }
+    async with transaction(sessions) as session:
+        assigned = await session.get(Ticket, ids["assigned"])
+        threaded = await session.get(Ticket, ids["threaded"])
+        assert assigned is not None and threaded is not None
+        assigned.assignee_user_id, assigned.assignee_name = ASSIGNEE, "Ayesha"
+        threaded.staff_thread_id = 77
+    return ids
+
+
+def key(ticket_id: int, kind: str, anchor: datetime, slot: str, to: object) -> str:
+    return f"clock:{ticket_id}:{kind}:{anchor.isoformat()}:{slot}:{to}"
+
+
+@pytest.mark.parametrize("way", ["bulk", "one by one"])
+async def test_a_batch_sends_what_one_ticket_at_a_time_would(
+    sessions: SessionFactory,
+    way: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same claims, outbox rows, next looks and counts whether the batch's staff
+    reminders go in bulk or, when those statements fail, one ticket at a time."""
+    ids = await file_mixed_desk(sessions)
+    if way == "one by one":
+
+        async def broken(*_args: Any, **_kw: Any) -> None:
+            raise RuntimeError("the bulk insert failed")
+
+        monkeypatch.setattr(store, "queue", broken)
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW), batch=4)  # two batches
+    started = datetime.now(UTC)
+    with caplog.at_level(logging.WARNING):
+        report = await job.run()
+    bulk_failed = "one ticket at a time" in caplog.text
+    assert bulk_failed is (way == "one by one")
+    assert "GONE-2026-00001 belongs to no loaded tenant" in caplog.text
+    assert (report.looked_at, report.sent, report.already_sent, report.failed) == (6, 4, 0, 0)
+    assert report.by_kind == {"overdue": 1, "before": 2, "requester_nudge": 1}
+
+    async with sessions() as session:
+        sent = list(await session.exec(select(ReminderSent).order_by(col(ReminderSent.id))))
+    assert sorted((r.ticket_id, r.kind, r.anchor_at, r.slot, r.due_at, r.late) for r in sent) == [
+        (ids["overdue"], "overdue", THU, "0", THU, False),
+        (ids["assigned"], "before", FRI, "1 business day", THU, False),
+        (ids["threaded"], "before", FRI, "1 business day", THU, False),
+        (ids["nudge"], "requester_nudge", NOW - timedelta(hours=23, minutes=30), "",
+         NOW - timedelta(minutes=30), False),
+    ]  # fmt: skip
+    assert all(r.sent_at == NOW for r in sent)
+
+    rows = await outbox_rows(sessions)
+    found = {(r.ticket_id, r.recipient): r for r in rows}
+    assert len(found) == len(rows) == 5
+    for row in rows:
+        assert (row.status, row.attempts, row.tenant) == ("pending", 0, PK.slug)
+        assert (row.locked_until, row.locked_by, row.sent_at, row.last_error) == (None,) * 4
+        assert started <= row.created_at <= datetime.now(UTC)  # queued now, as `enqueue` does
+        assert started <= row.next_attempt_at <= datetime.now(UTC)
+    overdue = [found[ids["overdue"], str(admin)] for admin in ADMINS]
+    for admin, row in zip(ADMINS, overdue, strict=True):
+        assert row.channel == "telegram"
+        assert row.dedupe_key == key(ids["overdue"], "overdue", THU, "0", admin)
+        assert row.payload == {
+            "text": "🚨 Overdue: TD-2026-00001 (access) was due at 2026-03-12 23:59 PKT, "
+            "1 minute ago. Not claimed yet."
+        }
+    assigned = found[ids["assigned"], str(ASSIGNEE)]
+    assert assigned.dedupe_key == key(ids["assigned"], "before", FRI, "1 business day", ASSIGNEE)
+    assert assigned.payload == {
+        "text": "⏰ Reminder: TD-2026-00002 (access) is due in 23 hours 59 minutes "
+        "(1 business day left), at 2026-03-13 23:59 PKT. Assigned to Ayesha."
+    }
+    threaded = found[ids["threaded"], str(STAFF_CHAT)]
+    assert threaded.payload["thread_id"] == 77
+    assert threaded.dedupe_key == key(ids["threaded"], "before", FRI, "1 business day", STAFF_CHAT)
+    nudge = found[ids["nudge"], "5550002"]
+    assert nudge.dedupe_key == key(
+        ids["nudge"], "requester_nudge", NOW - timedelta(hours=23, minutes=30), "", "customer"
+    )
+    assert "TD-2026-00005" in nudge.payload["text"]
+
+    next_looks = {name: (await ticket_row(sessions, i)).next_reminder_at for name, i in ids.items()}
+    assert next_looks == {
+        "overdue": THU + timedelta(days=1),  # escalation 1
+        "assigned": utc(2026, 3, 13, 14, 59, 59),  # 4 hours before FRI
+        "threaded": utc(2026, 3, 13, 14, 59, 59),
+        "quiet": utc(2026, 4, 8, 18, 59, 59),  # 3 business days before its deadline
+        "nudge": utc(2026, 4, 8, 18, 59, 59),
+        "stray": store.NEVER,
+    }
+    assert "Overdue" not in caplog.text and "Reminder" not in caplog.text  # no message text
+
+    again = await ReminderPass(sessions, Tenants([PK]), now=Clock(NOW)).run()
+    assert again.looked_at == 0 and len(await outbox_rows(sessions)) == 5
+
+
+async def test_staff_reminders_of_a_batch_cost_a_few_statements_not_a_few_per_ticket(
+    engine: AsyncEngine, sessions: SessionFactory
+) -> None:
+    for _ in range(30):
+        await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        report = await ReminderPass(sessions, Tenants([PK]), now=Clock(NOW)).run()
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert (report.looked_at, report.sent) == (30, 30)
+    assert len(await outbox_rows(sessions)) == 30 * len(ADMINS)
+    # The tickets, their histories, the claims, the outbox rows, the next looks (and the
+    # savepoint around the bulk statements); 30 one by one took over 150.
+    assert Counter(statements)["INSERT"] == 2 and Counter(statements)["UPDATE"] == 1
+    assert len(statements) <= 15, statements
+
+
+async def test_a_ticket_that_breaks_the_bulk_statements_fails_alone(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import bot.reminders
+
+    first, broken, last = [
+        await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(3)
+    ]
+    real = bot.reminders.staff_text
+
+    class Unwritable:
+        """Not JSON: sealing the outbox payload fails, in bulk and one by one alike."""
+
+    def fragile(ticket: Any, *args: Any) -> Any:
+        return Unwritable() if ticket.id == broken else real(ticket, *args)
+
+    monkeypatch.setattr(bot.reminders, "staff_text", fragile)
+    with caplog.at_level(logging.WARNING):
+        report = await ReminderPass(sessions, Tenants([PK]), now=Clock(NOW)).run()
+    assert (report.looked_at, report.sent, report.already_sent, report.failed) == (3, 2, 0, 1)
+    assert "bulk reminders for 3 tickets failed (StatementError)" in caplog.text
+    assert "TD-2026-00002 failed" in caplog.text
+    assert {r.ticket_id for r in await outbox_rows(sessions)} == {first, last}
+    async with sessions() as session:
+        claimed = {r.ticket_id for r in await session.exec(select(ReminderSent))}
+    assert claimed == {first, last}  # the broken ticket's claim went with its savepoint
+    assert (await ticket_row(sessions, broken)).next_reminder_at == NOW + RETRY_AFTER
+    assert (await ticket_row(sessions, first)).next_reminder_at == THU + timedelta(days=1)
+
+    monkeypatch.setattr(bot.reminders, "staff_text", real)  # mended: sent at its next look
+    later = NOW + RETRY_AFTER
+    report = await ReminderPass(sessions, Tenants([PK]), now=Clock(later)).run()
+    assert (report.looked_at, report.sent, report.failed) == (1, 1, 0)
+    assert len(await outbox_rows(sessions)) == 3 * len(ADMINS)
+
+
+async def test_what_was_claimed_or_queued_before_is_not_sent_again(
+    sessions: SessionFactory,
+) -> None:
+    """A replanned batch finds its claims (counted as already sent), and a claim whose
+    message is already in the outbox does not queue it a second time."""
+    ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(3)]
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW))
+    assert (await job.run()).sent == 3
+    table = Ticket.__table__  # type: ignore[attr-defined]
+    async with transaction(sessions) as session:
+        await session.exec(sa.update(table).values(next_reminder_at=None))
+    report = await job.run()
+    assert (report.looked_at, report.sent, report.already_sent) == (3, 0, 3)
+
+    async with transaction(sessions) as session:  # the claims lost, the messages kept
+        await session.exec(sa.delete(ReminderSent.__table__))  # type: ignore[attr-defined]
+        await session.exec(sa.update(table).values(next_reminder_at=None))
+    report = await job.run()
+    assert (report.sent, report.failed) == (3, 0)
+    rows = await outbox_rows(sessions)
+    assert len(rows) == 3 * len(ADMINS) and {r.ticket_id for r in rows} == set(ids)
+
+
 async def test_a_clock_stopped_while_awaiting_the_requester_moves_the_deadline(
     sessions: SessionFactory,
 ) -> None:
@@ -606,16 +814,17 @@ async def test_a_clock_stopped_while_awaiting_the_requester_moves_the_deadline(
 # --- two schedulers, one PostgreSQL database ------------------------------------------
 
 
-async def _due_without_locks(session: Any, *, now: datetime, limit: int) -> list[Ticket]:
+async def _due_without_locks(session: Any, *, now: datetime, limit: int) -> list[DueTicket]:
     """`due_tickets` minus FOR UPDATE SKIP LOCKED: both schedulers see the same tickets."""
-    result = await session.exec(
-        select(Ticket)
-        .where((col(Ticket.next_reminder_at).is_(None)) | (col(Ticket.next_reminder_at) <= now))
-        .order_by(col(Ticket.id))
+    table = Ticket.__table__  # type: ignore[attr-defined]
+    connection = await session.connection()
+    result = await connection.execute(
+        sa.select(*(table.c[name] for name in DueTicket.__slots__))
+        .where(table.c.next_reminder_at.is_(None) | (table.c.next_reminder_at <= now))
+        .order_by(table.c.id)
         .limit(limit)
-        .execution_options(populate_existing=True)
     )
-    return list(result)
+    return [DueTicket(*row) for row in result]
 
 
 @pytest.mark.parametrize("locking", ["skip-locked", "claims-only"])

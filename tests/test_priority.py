@@ -1,0 +1,69 @@
+"""Webhooks first: workers wait while a webhook is in flight, but never for long."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from bot.priority import Foreground
+
+
+async def test_pause_is_free_when_no_webhook_is_in_flight() -> None:
+    foreground = Foreground(max_pause=5.0)
+    started = time.perf_counter()
+    await foreground.pause()
+    assert time.perf_counter() - started < 0.5
+
+
+async def test_pause_waits_for_the_webhook_in_flight_to_end() -> None:
+    foreground = Foreground(max_pause=5.0)
+    order: list[str] = []
+
+    async def webhook() -> None:
+        with foreground.request():
+            await asyncio.sleep(0.2)
+            order.append("webhook answered")
+
+    async def worker() -> None:
+        await asyncio.sleep(0.01)  # the webhook is in flight by now
+        await foreground.pause()
+        order.append("worker went on")
+
+    await asyncio.gather(webhook(), worker())
+    assert order == ["webhook answered", "worker went on"]
+    assert foreground.in_flight == 0
+
+
+async def test_pause_gives_up_after_max_pause_under_an_endless_stream() -> None:
+    foreground = Foreground(max_pause=0.1)
+    with foreground.request():
+        started = time.perf_counter()
+        await foreground.pause()
+        waited = time.perf_counter() - started
+    assert 0.09 <= waited < 2.0
+
+
+async def test_the_middleware_counts_webhooks_only() -> None:
+    foreground = Foreground()
+    seen: dict[str, int] = {}
+
+    async def record(request: web.Request) -> web.Response:
+        seen[request.path] = foreground.in_flight
+        if request.path.endswith("/fails"):
+            raise web.HTTPBadRequest(text="no")
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[foreground.middleware()])
+    app.router.add_get("/webhooks/whatsapp", record)
+    app.router.add_get("/webhooks/fails", record)
+    app.router.add_get("/admin", record)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
+        for path in ("/webhooks/whatsapp", "/webhooks/fails", "/admin"):
+            async with http.get(server.make_url(path)) as response:
+                assert response.status in (200, 400)
+    assert seen == {"/webhooks/whatsapp": 1, "/webhooks/fails": 1, "/admin": 0}
+    assert foreground.in_flight == 0  # a failed webhook is counted out too
