@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.accounts import HASHER
 from bot.clock import Duration, parse_duration
 from bot.desk import REGULATOR_UNNAMED, REJECTED, RESOLVED, RESOLVED_NOTE
 from bot.extensions import ExtensionRefused, extend_ticket
@@ -51,13 +51,10 @@ REVEAL_FOR = timedelta(minutes=5)
 NOTE_LIMIT = 4000
 
 
-_hasher = PasswordHasher()
-
-
 @cache
 def _dummy_hash() -> str:
     """Verified against when the account does not exist, so both cases take the same time."""
-    return _hasher.hash(secrets.token_urlsafe(16))
+    return HASHER.hash(secrets.token_urlsafe(16))
 
 
 def token_digest(token: str) -> str:
@@ -134,8 +131,8 @@ async def sign_in(
             )
         )
         user.last_login_at = now
-        if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = await asyncio.to_thread(_hasher.hash, password)
+        if HASHER.check_needs_rehash(user.password_hash):
+            user.password_hash = await asyncio.to_thread(HASHER.hash, password)
         session.add(user)
         await q.end_expired_sessions(session, now=now)
         await q.forget_attempts(session, before=now - timedelta(days=30))
@@ -145,7 +142,7 @@ async def sign_in(
 
 def _password_matches(hashed: str, password: str) -> bool:
     try:
-        return _hasher.verify(hashed, password)
+        return HASHER.verify(hashed, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
