@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 TEMPLATES = web.AppKey("admin_templates", jinja2.Environment)
-CURRENT = "admin_current"
+CURRENT = web.RequestKey("admin_current", admin_service.Current)
 PAGE_SIZE = 50
 SANDBOX_WAIT = 10.0
 LOGIN_COOKIE = "rd_login"

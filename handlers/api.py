@@ -51,7 +51,7 @@ from storage.tickets import events_of
 
 log = logging.getLogger(__name__)
 
-TOKEN = "api_token"  # noqa: S105 (the request key holding the token name)
+TOKEN = web.RequestKey("api_token", str)  # the request key holding the token name
 OPENAPI = web.AppKey("openapi", dict)
 TOUCH_EVERY = timedelta(minutes=1)
 PUBLIC = ("/api/v1/openapi.json",)
