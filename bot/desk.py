@@ -81,7 +81,7 @@ from storage.models import (
     TicketEvent,
     VerificationCode,
 )
-from storage.reminders import customer_address, last_inbound_at
+from storage.reminders import customer_address, last_contact
 from storage.tickets import add_event, events_of
 
 log = logging.getLogger(__name__)
@@ -1734,7 +1734,7 @@ class _Action:
             raise Refused(f"No address is known for the customer of {self.ticket.ref}.")
         if self.ticket.channel != Channel.WHATSAPP:
             return
-        last = await last_inbound_at(self.session, self.ticket, address)
+        last = (await last_contact(self.session, self.ticket, address)).at
         late = last is not None and self.now - last >= WINDOW
         if late and "update" not in self.tenant.whatsapp_templates:
             raise Refused(

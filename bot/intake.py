@@ -87,8 +87,7 @@ class Intake:
         if self.desk is not None and await self.desk.from_customer(
             session, tenant, conversation, inbound, now
         ):  # a message for a ticket staff work on, that the dialogue would not act on
-            conversation.last_inbound_at = inbound.received_at
-            conversation.updated_at = now
+            _heard(conversation, inbound, now)
             session.add(conversation)
             return
         run = _Run(self, session, tenant, conversation, inbound, now)
@@ -99,8 +98,7 @@ class Intake:
         conversation.state = state.to_json()
         conversation.step = state.step
         conversation.language = state.language
-        conversation.last_inbound_at = inbound.received_at
-        conversation.updated_at = now
+        _heard(conversation, inbound, now)
         session.add(conversation)
 
     async def _tenant_of(
@@ -153,6 +151,15 @@ class Intake:
         router.state = {"choosing": True}
         router.updated_at = now
         session.add(router)
+
+
+def _heard(conversation: Conversation, inbound: Inbound, now: datetime) -> None:
+    """The customer wrote: when (WhatsApp's 24-hour window), and on WhatsApp to which of the
+    business's numbers, the one later messages go from."""
+    conversation.last_inbound_at = inbound.received_at
+    if inbound.channel is Channel.WHATSAPP and inbound.to:
+        conversation.written_to = inbound.to
+    conversation.updated_at = now
 
 
 def _chosen_tenant(tenants: Tenants, inbound: Inbound, router: Conversation) -> Tenant | None:

@@ -654,7 +654,8 @@ async def tell_customer(
 ) -> bool:
     """Queue `text` to the requester on the ticket's channel; False when they cannot be reached.
 
-    WhatsApp messages go from the tenant's first WhatsApp number. Outside the 24-hour
+    WhatsApp messages go from the number the customer last wrote to (the tenant's first
+    if that is unknown or no longer the tenant's). Outside the 24-hour
     window after the customer last wrote, WhatsApp takes only approved templates: the
     tenant's `update` template is sent with {{1}} = the reference and {{2}} = the text,
     and without one the notice is not sent (logged).
@@ -668,9 +669,10 @@ async def tell_customer(
         if not tenant.channels.whatsapp_numbers:
             log.warning("clock: %s has no WhatsApp number to write from", tenant.slug)
             return False
-        sender = f"whatsapp:{tenant.channels.whatsapp_numbers[0]}"
+        contact = await store.last_contact(session, ticket, address)
+        sender = _business_number(tenant, contact.written_to)
         payload["from"] = sender
-        last = await store.last_inbound_at(session, ticket, address)
+        last = contact.at
         if last is not None and now - last >= WINDOW:
             template = tenant.whatsapp_templates.get(UPDATE_TEMPLATE)
             if template is None:
@@ -688,6 +690,12 @@ async def tell_customer(
         dedupe_key=key,
     )
     return True
+
+
+def _business_number(tenant: Tenant, written_to: str | None) -> str:
+    """`whatsapp:+E164` to write from: the one the customer wrote to, if still the tenant's."""
+    numbers = [f"whatsapp:{number}" for number in tenant.channels.whatsapp_numbers]
+    return written_to if written_to in numbers else numbers[0]
 
 
 async def expire(session: AsyncSession, ticket: Ticket, tenant: Tenant, *, now: datetime) -> None:

@@ -155,6 +155,9 @@ class Conversation(SQLModel, table=True):
     state: dict[str, Any] = _sealed_json("conversation.state")
     language: str | None = Field(default=None, max_length=8)
     last_inbound_at: datetime | None = _ts(nullable=True)
+    # WhatsApp: the business number the customer last wrote to (whatsapp:+E164); what
+    # is sent to them later (staff relay, reminders) goes from it
+    written_to: str | None = Field(default=None, max_length=64)
     updated_at: datetime = _ts(default_now=True)
 
 

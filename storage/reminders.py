@@ -315,13 +315,22 @@ async def customer_address(session: AsyncSession, ticket: Ticket) -> str | None:
     return value
 
 
-async def last_inbound_at(session: AsyncSession, ticket: Ticket, address: str) -> datetime | None:
-    """When the requester last wrote on this conversation (WhatsApp's 24-hour window)."""
+@dataclass(frozen=True, slots=True)
+class LastContact:
+    """When the requester last wrote on a conversation, and on WhatsApp to which number."""
+
+    at: datetime | None = None
+    written_to: str | None = None
+
+
+async def last_contact(session: AsyncSession, ticket: Ticket, address: str) -> LastContact:
+    """The requester's last message on this conversation (WhatsApp's 24-hour window)."""
     result = await session.exec(
-        select(Conversation.last_inbound_at).where(
+        select(Conversation.last_inbound_at, Conversation.written_to).where(
             Conversation.channel == ticket.channel,
             Conversation.address == address,
             Conversation.tenant == ticket.tenant,
         )
     )
-    return result.first()
+    row = result.first()
+    return LastContact() if row is None else LastContact(row[0], row[1])

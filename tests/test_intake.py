@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from storage.db import create_engine, session_factory
 from storage.enums import TicketStatus
-from storage.models import ConsentRecord, Suppression, Ticket, TicketEvent
+from storage.models import ConsentRecord, Conversation, Suppression, Ticket, TicketEvent
 from tests.fakes.twilio_api import inbound_whatsapp_form
 from tests.service import Service, eventually, running_service
 from tests.test_mail import Collector, smtp_server
@@ -104,6 +104,9 @@ async def test_whatsapp_erasure_request_is_verified_and_filed(database_url: str)
         assert ticket.verified_at is not None and ticket.due_at is not None
         events = [e.kind for e in await _rows(database_url, TicketEvent)]
         assert events[0] == "created" and "verified" in events and "opened" in events
+        # Later messages (staff, reminders) go from the number the customer wrote to.
+        (conversation,) = await _rows(database_url, Conversation)
+        assert conversation.written_to == OD_NUMBER
         # The staff group heard of it.
         await eventually(  # the card goes through the outbox, after the reply or before
             lambda: any(

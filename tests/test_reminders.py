@@ -345,6 +345,7 @@ async def file_ticket(
     address: str | None = None,
     language: str = "en",
     last_inbound: datetime | None = None,
+    written_to: str | None = None,
 ) -> int:
     """A ticket (with its requester's conversation when `address` is given); its id."""
     async with transaction(sessions) as session:
@@ -361,6 +362,7 @@ async def file_ticket(
                     tenant=tenant.slug,
                     requester_id=requester_id,
                     last_inbound_at=last_inbound or received,
+                    written_to=written_to,
                 )
             )
         ticket = await tickets.create_ticket(
@@ -513,6 +515,40 @@ async def test_customers_are_nudged_then_unverified_requests_expire(
         "reason": "unverified",
         "after": "5 business days",
     }
+
+
+@pytest.mark.parametrize(
+    ("written_to", "sent_from"),
+    [
+        ("whatsapp:+971501230002", "whatsapp:+971501230002"),  # the Gulf number they used
+        (None, "whatsapp:+14155230001"),  # not known (wrote before it was recorded)
+        ("whatsapp:+14155239999", "whatsapp:+14155230001"),  # no longer the business's
+    ],
+)
+async def test_a_customer_hears_from_the_number_they_wrote_to(
+    sessions: SessionFactory, written_to: str | None, sent_from: str
+) -> None:
+    tenant = policy(
+        channels={"whatsapp_numbers": ["+14155230001", "+971501230002"]},
+    )
+    await file_ticket(
+        sessions,
+        tenant,
+        received=WAIT,
+        due_at=None,
+        status=TicketStatus.AWAITING_VERIFICATION,
+        channel="whatsapp",
+        address="whatsapp:+971551112233",
+        written_to=written_to,
+    )
+    clock = Clock(WAIT)
+    job = ReminderPass(sessions, Tenants([tenant]), now=clock)
+    await job.run()
+    clock.at = WAIT + timedelta(hours=23, seconds=1)
+    await job.run()
+    (nudge,) = await outbox_rows(sessions)
+    assert nudge.recipient == "whatsapp:+971551112233"
+    assert nudge.payload["from"] == sent_from
 
 
 async def test_a_requester_who_is_asked_something_is_nudged_once(sessions: SessionFactory) -> None:
