@@ -8,7 +8,6 @@ or none, and the message is simply processed again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from typing import Protocol
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.polling import keep_polling
 from storage import inbound
 from storage.db import SessionFactory, transaction
 from storage.models import InboundMessage, utcnow
@@ -120,17 +120,5 @@ class InboxWorker:
         log.info("inbound %s (%s) processed", claimed.id, claimed.channel)
 
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("inbox pass failed; retrying shortly")
-                busy = 0
-                await asyncio.sleep(2)
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
-            self._wake.clear()
+        """Process until cancelled; database errors pause the loop instead of ending it."""
+        await keep_polling("inbox", self.run_once, self._wake, self.idle_wait)

@@ -4,7 +4,6 @@ per message while processes live, retrying what the provider could not take yet.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -17,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.polling import keep_polling
 from storage import outbox
 from storage.db import SessionFactory, transaction
 from storage.models import OutboundMessage, utcnow
@@ -115,20 +115,7 @@ class OutboxWorker:
 
     async def run(self) -> None:
         """Deliver until cancelled; database errors pause the loop instead of ending it."""
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox pass failed; retrying shortly")
-                busy = 0
-                await asyncio.sleep(2)
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
-            self._wake.clear()
+        await keep_polling("outbox", self.run_once, self._wake, self.idle_wait)
 
     async def _deliver(self, message: OutboundMessage, in_doubt_since: datetime | None) -> None:
         assert message.id is not None
