@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,31 +78,6 @@ _STORE_COLUMNS = (
 )
 
 
-_Prepared = tuple[str, tuple[Callable[[Any], Any] | None, ...]]
-_PREPARED: dict[tuple[str, str], _Prepared] = {}
-
-
-def _store_statement(dialect: Dialect) -> _Prepared:
-    """`store`'s INSERT in the driver's own parameter style, and each value's converter."""
-    key = (dialect.name, dialect.driver)
-    if key not in _PREPARED:
-        _PREPARED[key] = _prepare_store(dialect)
-    return _PREPARED[key]
-
-
-def _prepare_store(dialect: Dialect) -> _Prepared:
-    marks = (
-        [f"${n}" for n in range(1, len(_STORE_COLUMNS) + 1)]
-        if dialect.name == "postgresql"
-        else ["?"] * len(_STORE_COLUMNS)
-    )
-    sql = (
-        f"INSERT INTO {_T.name} ({', '.join(_STORE_COLUMNS)}) VALUES ({', '.join(marks)}) "
-        "ON CONFLICT (channel, provider_id) DO NOTHING RETURNING id"
-    )
-    return sql, tuple(_T.c[name].type.bind_processor(dialect) for name in _STORE_COLUMNS)
-
-
 async def store_now(
     engine: AsyncEngine,
     *,
@@ -116,28 +93,63 @@ async def store_now(
 
     A webhook's only write is this INSERT, so it needs no transaction around it. Through an
     ORM session the same write took nine hand-offs to aiosqlite's thread (BEGIN, cursor,
-    INSERT, fetch, COMMIT, …) and a cache-key walk of the statement each time; here it is
-    one call (`execute_fetchall`) on SQLite and one round trip (`fetchval`) on PostgreSQL,
-    with the same column types (sealing, UTC) applied to the values. Driver errors come out
-    as SQLAlchemy's OperationalError and the connection is dropped from the pool.
+    INSERT, fetch, COMMIT, …) and a cache-key walk of the statement each time; here the
+    values get the same column types (sealing, UTC) and go to the driver directly: one
+    round trip (`fetchval`) on PostgreSQL; on SQLite, where writes queue for the one write
+    lock anyway, the webhooks that arrive while a write is under way are written together
+    by the next one, a multi-row INSERT (group commit, `_GroupCommit`). Driver errors come
+    out as SQLAlchemy's OperationalError.
     """
-    sql, converters = _store_statement(engine.dialect)
     raw = (
         channel, provider_id, kind, sender, tenant, payload, now, now, 0,
     )  # fmt: skip
+    converters = _converters(engine.dialect)
     params = [
         value if convert is None else convert(value)
         for value, convert in zip(raw, converters, strict=True)
     ]
+    if engine.dialect.name == "postgresql":
+        sql = _insert_sql(engine.dialect, rows=1, returning="id")
+        row_id = await _on_driver(engine, sql, lambda driver: driver.fetchval(sql, *params))
+        return None if row_id is None else int(row_id)
+    group = _GROUPS.get(engine.sync_engine.pool)
+    if group is None:
+        group = _GROUPS[engine.sync_engine.pool] = _GroupCommit(engine)
+    return await group.store((channel, provider_id), params)
+
+
+def _converters(dialect: Dialect) -> tuple[Callable[[Any], Any] | None, ...]:
+    """Each stored column's bind processor: what SQLAlchemy would apply to the value."""
+    key = (dialect.name, dialect.driver)
+    if key not in _CONVERTERS:
+        _CONVERTERS[key] = tuple(_T.c[name].type.bind_processor(dialect) for name in _STORE_COLUMNS)
+    return _CONVERTERS[key]
+
+
+_CONVERTERS: dict[tuple[str, str], tuple[Callable[[Any], Any] | None, ...]] = {}
+
+
+def _insert_sql(dialect: Dialect, *, rows: int, returning: str) -> str:
+    width = len(_STORE_COLUMNS)
+    if dialect.name == "postgresql":
+        groups = [
+            "(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")"
+            for r in range(rows)
+        ]
+    else:
+        groups = ["(" + ", ".join("?" * width) + ")"] * rows
+    return (
+        f"INSERT INTO {_T.name} ({', '.join(_STORE_COLUMNS)}) VALUES {', '.join(groups)} "
+        f"ON CONFLICT (channel, provider_id) DO NOTHING RETURNING {returning}"
+    )
+
+
+async def _on_driver(engine: AsyncEngine, sql: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`call(driver connection)` on a pooled connection, SQLite's write turn held."""
     async with writing(engine):
         connection = await engine.raw_connection()
         try:
-            driver: Any = connection.driver_connection
-            if engine.dialect.name == "postgresql":
-                row_id = await driver.fetchval(sql, *params)
-            else:
-                rows = await driver.execute_fetchall(sql, params)
-                row_id = rows[0][0] if rows else None
+            return await call(connection.driver_connection)
         except (asyncio.CancelledError, SQLAlchemyError) as exc:
             await _drop_if_broken(connection, exc)
             raise
@@ -146,7 +158,85 @@ async def store_now(
             raise sa.exc.OperationalError(sql, None, exc) from exc
         finally:
             await greenlet_spawn(connection.close)  # back to the pool, reset as SQLAlchemy does
-    return None if row_id is None else int(row_id)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    key: tuple[str, str]  # (channel, provider_id)
+    params: list[Any]
+    done: asyncio.Future[int | None]
+
+
+class _GroupCommit:
+    """SQLite's webhooks, written together: while one INSERT is under way, those that
+    arrive wait for it and then go in the next one, up to `MAX_ROWS` rows a statement.
+
+    One multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING channel, provider_id, id` is
+    one transaction: every webhook in it is stored, or (an error) none is and each of
+    them answers 503 to be sent again. A repeat inside one statement is a repeat as it
+    would be across two: the first is stored, the others get None.
+    """
+
+    MAX_ROWS = 500  # × 9 values, well inside SQLite's 32,766 parameters
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = weakref.ref(engine)  # held by the pool's entry in _GROUPS: not owned
+        self._queue: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def store(self, key: tuple[str, str], params: list[Any]) -> int | None:
+        waiting = _Waiting(key, params, asyncio.get_running_loop().create_future())
+        self._queue.append(waiting)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="inbound-group-commit")
+        return await waiting.done
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[: self.MAX_ROWS]
+            del self._queue[: self.MAX_ROWS]
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Waiting]) -> None:
+        engine = self._engine()
+        try:
+            if engine is None:
+                raise sa.exc.OperationalError("INSERT", None, Exception("engine disposed"))
+            sql = _insert_sql(engine.dialect, rows=len(batch), returning="channel, provider_id, id")
+            values = [value for waiting in batch for value in waiting.params]
+            rows = await _on_driver(
+                engine, sql, lambda driver: driver.execute_fetchall(sql, values)
+            )
+        except Exception as exc:  # this batch answers 503; the next one is tried anew
+            for waiting in batch:
+                _settle(waiting, error=exc)
+            return
+        except BaseException:  # cancelled (shutdown): every webhook waiting gets its answer
+            for waiting in [*batch, *self._queue]:
+                _settle(waiting, error=_stopped())
+            self._queue.clear()
+            raise
+        stored = {(str(channel), str(pid)): int(row_id) for channel, pid, row_id in rows}
+        for waiting in batch:
+            _settle(waiting, result=stored.pop(waiting.key, None))  # a repeat finds it gone
+
+
+def _stopped() -> Exception:
+    return sa.exc.OperationalError("INSERT", None, Exception("stopped before it was written"))
+
+
+def _settle(
+    waiting: _Waiting, *, result: int | None = None, error: BaseException | None = None
+) -> None:
+    if waiting.done.done():  # its webhook went away (the client hung up); the row stays
+        return
+    if error is not None:
+        waiting.done.set_exception(error)
+    else:
+        waiting.done.set_result(result)
+
+
+_GROUPS: weakref.WeakKeyDictionary[Any, _GroupCommit] = weakref.WeakKeyDictionary()
 
 
 async def _drop_if_broken(connection: Any, exc: BaseException) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -142,3 +143,47 @@ async def test_a_driver_error_on_the_webhook_path_is_an_operational_error(
             payload={},
             now=utcnow(),
         )
+
+
+async def test_webhooks_arriving_together_are_each_stored_once(
+    engine: AsyncEngine, sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sixty webhooks at once, ten of them sent twice (Twilio retrying): every message is
+    stored once, exactly one of each pair is told so, and on SQLite they share statements
+    (group commit) instead of queueing for the write lock one by one."""
+    statements: list[int] = []
+    real = inbound._insert_sql
+
+    def counted(dialect: Any, *, rows: int, returning: str) -> str:
+        statements.append(rows)
+        return real(dialect, rows=rows, returning=returning)
+
+    monkeypatch.setattr(inbound, "_insert_sql", counted)
+    ids = [f"SM{n:03d}" for n in range(50)] + [f"SM{n:03d}" for n in range(0, 50, 5)]
+
+    async def one(provider_id: str) -> tuple[str, int | None]:
+        row_id = await inbound.store_now(
+            engine,
+            channel="whatsapp",
+            provider_id=provider_id,
+            kind="message",
+            sender="whatsapp:+923001234567",
+            tenant="optician-dynamics",
+            payload={"MessageSid": provider_id},
+            now=utcnow(),
+        )
+        return provider_id, row_id
+
+    results = await asyncio.gather(*(one(pid) for pid in ids))
+    told: dict[str, list[int | None]] = defaultdict(list)
+    for provider_id, row_id in results:
+        told[provider_id].append(row_id)
+    async with sessions() as session:
+        stored = {m.provider_id: m for m in await session.exec(select(InboundMessage))}
+    assert set(stored) == set(ids)
+    for provider_id, answers in told.items():
+        assert [a for a in answers if a is not None] == [stored[provider_id].id], provider_id
+        assert stored[provider_id].payload == {"MessageSid": provider_id}
+    assert sum(statements) == len(ids)
+    if engine.dialect.name == "sqlite":
+        assert len(statements) < len(ids) / 2, statements
