@@ -94,11 +94,11 @@ async def store_now(
     A webhook's only write is this INSERT, so it needs no transaction around it. Through an
     ORM session the same write took nine hand-offs to aiosqlite's thread (BEGIN, cursor,
     INSERT, fetch, COMMIT, …) and a cache-key walk of the statement each time; here the
-    values get the same column types (sealing, UTC) and go to the driver directly: one
-    round trip (`fetchval`) on PostgreSQL; on SQLite, where writes queue for the one write
-    lock anyway, the webhooks that arrive while a write is under way are written together
-    by the next one, a multi-row INSERT (group commit, `_GroupCommit`). Driver errors come
-    out as SQLAlchemy's OperationalError.
+    values get the same column types (sealing, UTC) and go to the driver directly, and the
+    webhooks that arrive while a write is under way are written together by the next one,
+    a multi-row INSERT (group commit, `_GroupCommit`): one call to aiosqlite's thread or
+    one round trip to PostgreSQL for all of them. Driver errors come out as SQLAlchemy's
+    OperationalError.
     """
     raw = (
         channel, provider_id, kind, sender, tenant, payload, now, now, 0,
@@ -108,10 +108,6 @@ async def store_now(
         value if convert is None else convert(value)
         for value, convert in zip(raw, converters, strict=True)
     ]
-    if engine.dialect.name == "postgresql":
-        sql = _insert_sql(engine.dialect, rows=1, returning="id")
-        row_id = await _on_driver(engine, sql, lambda driver: driver.fetchval(sql, *params))
-        return None if row_id is None else int(row_id)
     group = _GROUPS.get(engine.sync_engine.pool)
     if group is None:
         group = _GROUPS[engine.sync_engine.pool] = _GroupCommit(engine)
@@ -168,7 +164,7 @@ class _Waiting:
 
 
 class _GroupCommit:
-    """SQLite's webhooks, written together: while one INSERT is under way, those that
+    """Webhooks, written together: while one INSERT is under way, those that
     arrive wait for it and then go in the next one, up to `MAX_ROWS` rows a statement.
 
     One multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING channel, provider_id, id` is
@@ -204,9 +200,14 @@ class _GroupCommit:
                 raise sa.exc.OperationalError("INSERT", None, Exception("engine disposed"))
             sql = _insert_sql(engine.dialect, rows=len(batch), returning="channel, provider_id, id")
             values = [value for waiting in batch for value in waiting.params]
-            rows = await _on_driver(
-                engine, sql, lambda driver: driver.execute_fetchall(sql, values)
-            )
+            postgres = engine.dialect.name == "postgresql"
+
+            async def insert(driver: Any) -> Any:  # asyncpg's or aiosqlite's connection
+                if postgres:
+                    return await driver.fetch(sql, *values)
+                return await driver.execute_fetchall(sql, values)
+
+            rows = await _on_driver(engine, sql, insert)
         except Exception as exc:  # this batch answers 503; the next one is tried anew
             for waiting in batch:
                 _settle(waiting, error=exc)
