@@ -21,6 +21,7 @@ from bot.mail import EmailSender, make_mailer
 from bot.messages import Inbound
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, Sender
+from bot.polling import stop_all
 from bot.scheduler import Clock
 from bot.settings import Settings
 from bot.tenants import Tenants, load_tenants
@@ -203,15 +204,10 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     inbox_worker.after_commit.append(outbox_worker.wake)
     deps.wakers.append(inbox_worker.wake)
     relay = WebhookRelay(deps.sessions, deps.tenants, now=deps.now, after_commit=outbox_worker.wake)
-    tasks = [
-        asyncio.create_task(inbox_worker.run(), name="inbox"),
-        asyncio.create_task(outbox_worker.run(), name="outbox"),
-        asyncio.create_task(relay.run(), name="webhook-relay"),
-    ]
+    pollers = [inbox_worker.poller, outbox_worker.poller, relay.poller]
+    tasks = [asyncio.create_task(p.run(), name=p.name) for p in pollers]
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop_all(pollers, tasks)
     for close in closers:
         await close()
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.polling import keep_polling
+from bot.polling import Poller
 from storage import inbound
 from storage.db import SessionFactory, transaction
 from storage.models import InboundMessage, utcnow
@@ -59,10 +59,10 @@ class InboxWorker:
     pause: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
-        self._wake = asyncio.Event()
+        self.poller = Poller("inbox", self.run_once, self.idle_wait)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.poller.wake()
 
     async def run_once(self) -> int:
         """Process one batch of due messages; how many were claimed."""
@@ -120,5 +120,5 @@ class InboxWorker:
         log.info("inbound %s (%s) processed", claimed.id, claimed.channel)
 
     async def run(self) -> None:
-        """Process until cancelled; database errors pause the loop instead of ending it."""
-        await keep_polling("inbox", self.run_once, self._wake, self.idle_wait)
+        """Process until stopped; database errors pause the loop instead of ending it."""
+        await self.poller.run()

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.polling import keep_polling
+from bot.polling import Poller
 from storage import outbox
 from storage.db import SessionFactory, transaction
 from storage.models import OutboundMessage, utcnow
@@ -97,11 +97,11 @@ class OutboxWorker:
 
     def __post_init__(self) -> None:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._wake = asyncio.Event()
+        self.poller = Poller("outbox", self.run_once, self.idle_wait)
 
     def wake(self) -> None:
         """Look at the outbox now rather than at the next poll."""
-        self._wake.set()
+        self.poller.wake()
 
     async def run_once(self) -> int:
         """Claim and deliver one batch; how many messages were claimed."""
@@ -114,8 +114,8 @@ class OutboxWorker:
         return len(claimed)
 
     async def run(self) -> None:
-        """Deliver until cancelled; database errors pause the loop instead of ending it."""
-        await keep_polling("outbox", self.run_once, self._wake, self.idle_wait)
+        """Deliver until stopped; database errors pause the loop instead of ending it."""
+        await self.poller.run()
 
     async def _deliver(self, message: OutboundMessage, in_doubt_since: datetime | None) -> None:
         assert message.id is not None

@@ -36,6 +36,7 @@ import aiohttp
 
 from bot.api_models import event_out, ticket_out
 from bot.outbox import SendError
+from bot.polling import Poller
 from bot.sealed import derive_key
 from bot.tenants import Tenants
 from storage import admin_queries as q
@@ -90,6 +91,12 @@ class WebhookRelay:
     every: float = 1.0
     after_commit: Callable[[], None] | None = None
 
+    def __post_init__(self) -> None:
+        self.poller = Poller("webhook relay", self._pass, self.every)
+
+    async def _pass(self) -> int:
+        return 1 if await self.run_once() >= BATCH else 0  # a full batch: more may wait
+
     @property
     def wanted(self) -> list[str]:
         return [t.slug for t in self.tenants if t.webhook_url is not None]
@@ -143,16 +150,8 @@ class WebhookRelay:
         return queued
 
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook relay pass failed; retrying shortly")
-                busy = 0
-            if busy < BATCH:
-                await asyncio.sleep(self.every)
+        """Queue until stopped; a failed pass is logged and tried again shortly."""
+        await self.poller.run()
 
 
 class WebhookSender:
