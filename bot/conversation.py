@@ -273,6 +273,11 @@ FILED_VERIFY = _(
     "Your request is on file with the reference {ref}. Before we act on it, we need to make "
     "sure it is really you. Please write the email address {business} knows you by."
 )
+FILED_VERIFY_DUE = _(
+    "Your request is on file with the reference {ref}, and we will answer by {due}. Before we "
+    "act on it, we need to make sure it is really you. Please write the email address "
+    "{business} knows you by."
+)
 ASK_EMAIL = _(
     "Please write the email address {business} knows you by, for example name@example.com."
 )
@@ -1189,7 +1194,12 @@ def _filed(
 ) -> tuple[ConversationState, Effects]:
     if state.step is Step.FILING and state.kind is not None and state.kind in ctx.needs_proof:
         asking = replace(_reset(state, Step.ASK_EMAIL), pending_ref=event.ref, last_ref=event.ref)
-        return asking, (Reply(msg(FILED_VERIFY, ref=event.ref, business=ctx.business)),)
+        text = (
+            msg(FILED_VERIFY_DUE, ref=event.ref, due=event.due, business=ctx.business)
+            if event.due
+            else msg(FILED_VERIFY, ref=event.ref, business=ctx.business)
+        )
+        return asking, (Reply(text),)
     done = _reset(state) if state.step is Step.FILING else state
     done = replace(done, last_ref=event.ref)
     if event.due:

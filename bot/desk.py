@@ -16,6 +16,10 @@ Choices made here:
   payload; a change while it is in flight marks the card dirty and the send hook edits it.
 - In a forum group each card opens a topic (`createForumTopic`); the first attempt that fails
   marks the chat as no forum, and cards then go to the chat with replies threaded under them.
+  A topic follows its ticket: closed ones are renamed with their outcome ("✓ OD-2026-00042 ·
+  …") and closed, and opened again if the ticket is. Each change is an outbox row whose
+  dedupe key names the topic and the change's number, so it is queued and sent once; the
+  latest row carries the topic's state as queued, from which the next change is worked out.
 - Asking the customer (a text reply) sets `awaiting_requester`; a file alone does not. The
   customer's next message that the dialogue would not act on goes back to the ticket.
 - Files staff send, and files customers send, are kept sealed (AES-256-GCM under the data
@@ -160,6 +164,12 @@ STATUS_ICONS = {
     TicketStatus.RESOLVED: "✅",
     TicketStatus.REJECTED: "⛔",
     TicketStatus.CANCELLED: "↩️",
+    TicketStatus.EXPIRED: "⌛",
+}
+TOPIC_MARKS = {
+    TicketStatus.RESOLVED: "✓",
+    TicketStatus.REJECTED: "✗",
+    TicketStatus.CANCELLED: "↩",
     TicketStatus.EXPIRED: "⌛",
 }
 LANGUAGE_NAMES = {"en": "English", "ar": "Arabic", "ur": "Urdu"}
@@ -314,6 +324,18 @@ def _status_name(status: str) -> str:
 
 def _is_closed(ticket: Ticket) -> bool:
     return ticket.status in CLOSED_STATUSES
+
+
+def _open_topic_name(ticket: Ticket) -> str:
+    """The name a ticket's topic is created with."""
+    return f"{ticket.ref} · {_kind_name(ticket.kind)}"[:128]
+
+
+def topic_name(ticket: Ticket) -> str:
+    """A ticket's forum topic name as it should be now: after the outcome once closed."""
+    name = _open_topic_name(ticket)
+    mark = TOPIC_MARKS.get(TicketStatus(ticket.status)) if _is_closed(ticket) else None
+    return f"{mark} {name}"[:128] if mark else name
 
 
 def _pieces(text: str, limit: int) -> list[str]:
@@ -499,7 +521,6 @@ class Desk:
         if home and ticket.staff_thread_id is None:
             chat = await session.get(DeskChat, place.chat)
             if chat is None or chat.forum is not False or now - utc(chat.updated_at) > RELEARN:
-                name = f"{ticket.ref} · {_kind_name(ticket.kind)}"[:128]
                 outbox.enqueue(
                     session,
                     channel=Channel.TELEGRAM,
@@ -508,7 +529,7 @@ class Desk:
                     ticket_id=ticket.id,
                     payload={
                         "method": "create_forum_topic",
-                        "name": name,
+                        "name": _open_topic_name(ticket),
                         "hook": {"topic": card.id},
                     },
                 )
@@ -585,9 +606,54 @@ class Desk:
         await self._send_card(session, digest, [ticket], now)
 
     async def refresh(self, session: AsyncSession, ticket: Ticket, now: datetime) -> None:
-        """Show the ticket's current state on every card that shows it."""
+        """Show the ticket's current state on every card that shows it, and on its topic."""
         for card in await _cards_of(session, ticket):
             await self._show(session, card, now)
+        await self._sync_topic(session, ticket)
+
+    async def _sync_topic(self, session: AsyncSession, ticket: Ticket) -> None:
+        """Close the ticket's forum topic, named with the outcome, once the ticket is closed;
+        reopen it if the ticket opens again. A change already queued is not queued again."""
+        thread = ticket.staff_thread_id
+        chat = self.tenants.by_slug(ticket.tenant).channels.staff_chat_id
+        if thread is None or chat is None or ticket.id is None:
+            return
+        prefix = f"topic:{ticket.id}:{thread}:"
+        result = await session.exec(
+            select(OutboundMessage)
+            .where(
+                OutboundMessage.ticket_id == ticket.id,
+                col(OutboundMessage.dedupe_key).startswith(prefix, autoescape=True),
+            )
+            .order_by(col(OutboundMessage.id).desc())
+            .limit(1)
+        )
+        last = result.first()
+        shown: dict[str, Any] = {"change": 0, "closed": False, "name": _open_topic_name(ticket)}
+        if last is not None:  # the topic as the latest change queued leaves it
+            shown = last.payload.get("topic_state") or shown
+        closed, name = _is_closed(ticket), topic_name(ticket)
+        if shown["closed"] == closed and shown["name"] == name:
+            return
+        rename = [{"method": "edit_forum_topic", "name": name}] if shown["name"] != name else []
+        if closed and not shown["closed"]:
+            calls = [*rename, {"method": "close_forum_topic"}]  # renamed while still open
+        elif shown["closed"] and not closed:
+            calls = [{"method": "reopen_forum_topic"}, *rename]
+        else:
+            calls = rename
+        state = {"change": int(shown["change"]) + 1, "closed": closed, "name": name}
+        for call in calls:
+            outbox.enqueue(
+                session,
+                channel=Channel.TELEGRAM,
+                recipient=str(chat),
+                tenant=ticket.tenant,
+                ticket_id=ticket.id,
+                payload={**call, "thread_id": thread, "topic_state": state},
+                dedupe_key=f"{prefix}{state['change']}:{call['method']}",
+            )
+        log.info("ticket %s: topic %s %s", ticket.ref, thread, "closed" if closed else "open")
 
     async def _show(self, session: AsyncSession, card: DeskCard, now: datetime) -> None:
         locked = await _lock_card(session, card.id)
@@ -689,6 +755,7 @@ class Desk:
             for ticket in tickets:
                 ticket.staff_thread_id = card.thread_id
                 session.add(ticket)
+                await self._sync_topic(session, ticket)  # closed while its topic was made
         else:
             log.info("chat %s: no forum topic (%s); cards go to the chat", card.chat_id, error)
         if tickets:
@@ -1727,21 +1794,27 @@ class _Action:
             )
         return sent
 
-    async def _reachable(self) -> None:
-        """Refuse before anything changes if the customer cannot be written to now."""
+    async def _outside_window(self, address: str) -> bool:
+        """True when WhatsApp takes only templates now: the customer last wrote 24 h ago."""
+        if self.ticket.channel != Channel.WHATSAPP:
+            return False
+        last = (await last_contact(self.session, self.ticket, address)).at
+        return last is not None and self.now - last >= WINDOW
+
+    async def _reachable(self) -> bool:
+        """Refuse before anything changes if the customer cannot be written to now; True
+        when what is sent will be held until they answer the template's invitation."""
         address = await customer_address(self.session, self.ticket)
         if address is None:
             raise Refused(f"No address is known for the customer of {self.ticket.ref}.")
-        if self.ticket.channel != Channel.WHATSAPP:
-            return
-        last = (await last_contact(self.session, self.ticket, address)).at
-        late = last is not None and self.now - last >= WINDOW
+        late = await self._outside_window(address)
         if late and "update" not in self.tenant.whatsapp_templates:
             raise Refused(
                 f"Not sent: the customer of {self.ticket.ref} last wrote over 24 hours ago, and "
                 "WhatsApp then takes only approved templates; none ('update') is configured. "
                 "Nothing was changed."
             )
+        return late
 
     def _language(self) -> str:
         return customer_language(self.ticket, self.tenant)
@@ -1772,7 +1845,7 @@ class _Action:
 
     async def reply(self, text: str, media: Sequence[Media]) -> None:
         self._open()
-        await self._reachable()
+        held = await self._reachable()
         ticket, language = self.ticket, self._language()
         files = [
             await self.desk.store_file(self.session, ticket, m, user_id=self.turn.user)
@@ -1783,7 +1856,10 @@ class _Action:
                 language, STAFF_MESSAGE, business=self.tenant.name, ref=ticket.ref, text=text
             )
             await self._tell(message, "text")
-        delivered = [await self._deliver(stored, number) for number, stored in enumerate(files)]
+        delivered = [
+            await self._deliver(stored, sent, number)
+            for number, (stored, sent) in enumerate(zip(files, media, strict=True))
+        ]
         data: dict[str, Any] = {"text": text, "files": delivered}
         asking = bool(text) and ticket.status in (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
         if asking:
@@ -1799,16 +1875,25 @@ class _Action:
             if part
         )
         waiting = " Waiting for their answer." if asking else ""
+        if held:
+            self.turn.say(
+                f"⏳ Held {what} for the customer of {_e(ticket.ref)}: they last wrote over 24 "
+                "hours ago, when WhatsApp takes only approved templates. They have been "
+                f"invited back; it goes out when they answer.{waiting}",
+                ticket=ticket,
+            )
+            return
         self.turn.say(f"↩️ Sent {what} to the customer of {_e(ticket.ref)}.{waiting}", ticket=ticket)
 
-    async def _deliver(self, stored: DeskFile, number: int) -> dict[str, Any]:
-        """The file to the customer: the document on Telegram, a download link on WhatsApp."""
+    async def _deliver(self, stored: DeskFile, sent: Media, number: int) -> dict[str, Any]:
+        """The file to the customer: the same photo or document on Telegram (a file id works
+        only with the method of its kind), a download link on WhatsApp."""
         ticket, language = self.ticket, self._language()
         record: dict[str, Any] = {"file": stored.id, "name": stored.name, "size": stored.size}
         if ticket.channel == Channel.TELEGRAM:
             address = await customer_address(self.session, ticket)
             assert address is not None
-            photo = stored.content_type == "image/jpeg" and stored.name.endswith(".jpg")
+            photo = sent.file_name is None and stored.content_type.startswith("image/")
             method, key = ("send_photo", "photo") if photo else ("send_document", "document")
             outbox.enqueue(
                 self.session,

@@ -4,6 +4,7 @@ performs its effects in the same transaction — tickets, codes, consent, replie
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -498,6 +499,7 @@ class _Run:
             return TicketCancelled(ref=effect.ref, outcome=CancelOutcome.NOT_FOUND)
         if TicketStatus(ticket.status).is_closed:
             return TicketCancelled(ref=ticket.ref, outcome=CancelOutcome.CLOSED)
+        seen_by_staff = ticket.status != TicketStatus.AWAITING_VERIFICATION
         ticket.status = TicketStatus.CANCELLED
         ticket.closed_at = self.now
         ticket.updated_at = self.now
@@ -511,6 +513,13 @@ class _Run:
             data={"status": str(TicketStatus.CANCELLED)},
         )
         await self._card(ticket)
+        if seen_by_staff:
+            ref = html.escape(ticket.ref)
+            self._tell_staff(
+                ticket,
+                f"🚫 <b>{ref}</b> · the customer withdrew this request; it is now cancelled.",
+            )
+        log.info("ticket %s withdrawn by the customer", ticket.ref)
         return TicketCancelled(ref=ticket.ref, outcome=CancelOutcome.CANCELLED)
 
     async def attach(self, effect: AttachMedia) -> None:
@@ -541,6 +550,27 @@ class _Run:
         """Show staff the ticket: its card in the staff chat is posted or edited (bot.desk)."""
         if self.intake.desk is not None:
             await self.intake.desk.ticket_changed(self.session, ticket, self.now)
+
+    def _tell_staff(self, ticket: Ticket, text: str) -> None:
+        """A line in the ticket's place in the staff chat (its topic, or under its card):
+        a card edit alone goes unnoticed."""
+        chat = self.tenant.channels.staff_chat_id
+        if self.intake.desk is None or chat is None:
+            return
+        payload: dict[str, Any] = {"text": text, "parse_mode": "HTML"}
+        if ticket.staff_thread_id is not None:
+            payload["thread_id"] = ticket.staff_thread_id
+        elif ticket.staff_message_id is not None:
+            payload["reply_to"] = ticket.staff_message_id
+        outbox.enqueue(
+            self.session,
+            channel=Channel.TELEGRAM,
+            recipient=str(chat),
+            tenant=self.tenant.slug,
+            ticket_id=ticket.id,
+            payload=payload,
+            dedupe_key=f"staff:{self.inbound.channel}:{self.inbound.provider_id}:{ticket.ref}",
+        )
 
     def _due_text(self, ticket: Ticket, language: str) -> str | None:
         return customer_date(ticket.due_at, self.tenant, language) if ticket.due_at else None

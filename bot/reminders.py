@@ -23,7 +23,6 @@ Which reminder is due at `now` (`plan`):
 
 from __future__ import annotations
 
-import json
 import logging
 from calendar import monthrange
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 from babel.dates import format_date, format_time
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot import window
 from bot.clock import BusinessCalendar, Duration, Unit, add_duration, time_left
 from bot.i18n import LANGUAGES, _, translate
 from bot.tenants import Tenant, Tenants
@@ -54,7 +54,6 @@ AnyTicket = Ticket | store.DueTicket  # the ORM row, or the plain copy a pass pl
 LATE_AFTER = timedelta(minutes=2)  # found later than this after its time: marked "(late)"
 NUDGE_AFTER = timedelta(hours=23)  # still inside WhatsApp's 24-hour customer-service window
 WINDOW = timedelta(hours=24)
-UPDATE_TEMPLATE = "update"  # [whatsapp_templates] entry used outside the 24-hour window
 RETRY_AFTER = timedelta(minutes=5)  # a ticket whose handling failed is looked at again then
 MAX_ROUNDS = 1000  # batches per pass: a bound, never reached in practice
 
@@ -655,10 +654,10 @@ async def tell_customer(
     """Queue `text` to the requester on the ticket's channel; False when they cannot be reached.
 
     WhatsApp messages go from the number the customer last wrote to (the tenant's first
-    if that is unknown or no longer the tenant's). Outside the 24-hour
-    window after the customer last wrote, WhatsApp takes only approved templates: the
-    tenant's `update` template is sent with {{1}} = the reference and {{2}} = the text,
-    and without one the notice is not sent (logged).
+    if that is unknown or no longer the tenant's). Outside the 24-hour window after the
+    customer last wrote, WhatsApp takes only approved templates: the text is held and the
+    tenant's `update` template invites the customer back (`bot.window`); their reply
+    releases it. Without a template the text is not queued at all (logged).
     """
     address = await store.customer_address(session, ticket)
     if address is None:
@@ -674,12 +673,21 @@ async def tell_customer(
         payload["from"] = sender
         last = contact.at
         if last is not None and now - last >= WINDOW:
-            template = tenant.whatsapp_templates.get(UPDATE_TEMPLATE)
-            if template is None:
+            if window.UPDATE_TEMPLATE not in tenant.whatsapp_templates:
                 log.info("clock: %s: WhatsApp window closed, no template; not sent", ticket.ref)
                 return False
-            variables = json.dumps({"1": ticket.ref, "2": text}, ensure_ascii=False)
-            payload = {"from": sender, "content_sid": template, "content_variables": variables}
+            await window.hold(
+                session,
+                tenant,
+                recipient=address,
+                payload=payload,
+                ticket_id=ticket.id,
+                key=key,
+                now=now,
+                language=customer_language(ticket, tenant),
+            )
+            log.info("clock: %s: outside the WhatsApp window; held, customer invited", ticket.ref)
+            return True
     outbox.enqueue(
         session,
         channel=ticket.channel,

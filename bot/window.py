@@ -1,9 +1,11 @@
 """WhatsApp's 24-hour customer-service window: free text only within 24 hours of the
 customer's last message; after that only approved templates (Twilio error 63016).
 
-When Twilio reports 63016 for a message, the message is held and the tenant's approved
-`update` template invites the customer back; their next message releases what was held,
-in order, before the answer to that message.
+A free-form message that cannot go now is held: `tell_customer` holds what it would send
+outside the window, and a message Twilio refuses with 63016 is held after the fact. The
+tenant's approved `update` template invites the customer back, once per wait (the
+invitation's dedupe key names the customer's last message), and their next message
+releases what was held, in order, before the answer to that message.
 """
 
 from __future__ import annotations
@@ -15,21 +17,105 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.i18n import _, translate
-from bot.tenants import Tenants
-from storage import outbox
-from storage.enums import Channel
-from storage.models import OutboundMessage
+from bot.i18n import LANGUAGES, _, translate
+from bot.tenants import Tenant, Tenants
+from storage.enums import Channel, OutboxStatus
+from storage.models import Conversation, OutboundMessage, utcnow
 
 log = logging.getLogger(__name__)
 
 OUTSIDE_WINDOW = "63016"  # Twilio: failed to send freeform message outside the window
 HELD = "held"
-UPDATE_TEMPLATE = "update"
+UPDATE_TEMPLATE = "update"  # [whatsapp_templates] entry used outside the 24-hour window
 INVITATION = _("We have a message for you about your privacy request. Reply to read it.")
+
+_T = OutboundMessage.__table__  # type: ignore[attr-defined]
+
+
+async def hold(
+    session: AsyncSession,
+    tenant: Tenant | None,
+    *,
+    recipient: str,
+    payload: dict[str, Any],
+    ticket_id: int | None,
+    key: str | None,
+    now: datetime,
+    language: str | None = None,
+) -> bool:
+    """Keep a free-form WhatsApp message until the customer writes again, and invite them
+    back with the approved template unless an invitation of this wait is already queued.
+
+    Both happen in the caller's transaction. False when there is no template to invite
+    with (the message is held all the same and goes when the customer next writes).
+    """
+    session.add(
+        OutboundMessage(
+            channel=Channel.WHATSAPP,
+            tenant=tenant.slug if tenant else None,
+            recipient=recipient,
+            payload=payload,
+            status=HELD,
+            ticket_id=ticket_id,
+            dedupe_key=key,
+            created_at=now,
+            next_attempt_at=now,
+        )
+    )
+    template = tenant.whatsapp_templates.get(UPDATE_TEMPLATE) if tenant else None
+    if tenant is None or template is None:
+        return False
+    conversation = await _conversation(session, tenant, recipient)
+    since = conversation.last_inbound_at if conversation else None
+    if language is None and conversation is not None:
+        language = conversation.language
+    if language not in LANGUAGES or language not in tenant.languages:
+        language = tenant.default_language
+    variables = {"1": tenant.name, "2": translate(language, INVITATION)}
+    invitation = {
+        "channel": Channel.WHATSAPP,
+        "tenant": tenant.slug,
+        "recipient": recipient,
+        "payload": {
+            "from": payload["from"],
+            "content_sid": template,
+            "content_variables": json.dumps(variables, ensure_ascii=False),
+        },
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": utcnow(),
+        "dedupe_key": _invitation_key(tenant, recipient, since),
+        "ticket_id": ticket_id,
+        "created_at": now,
+    }
+    # A second message held in the same wait (or a replay) finds the invitation queued.
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(_T).values(invitation).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    connection = await session.connection()
+    await connection.execute(statement)
+    return True
+
+
+def _invitation_key(tenant: Tenant, recipient: str, since: datetime | None) -> str:
+    """One invitation per wait: the customer's last message starts it, their next ends it."""
+    return f"invite:{tenant.slug}:{recipient}:{since.isoformat() if since else 'never'}"
+
+
+async def _conversation(
+    session: AsyncSession, tenant: Tenant, recipient: str
+) -> Conversation | None:
+    found = await session.exec(
+        select(Conversation).where(
+            Conversation.channel == Channel.WHATSAPP,
+            Conversation.address == recipient,
+            Conversation.tenant == tenant.slug,
+        )
+    )
+    return found.first()
 
 
 async def hold_after_refusal(
@@ -47,55 +133,35 @@ async def hold_after_refusal(
     refused = found.first()
     if refused is None or refused.payload.get("content_sid"):
         return False  # not ours, or a template already (nothing freer to fall back to)
-    session.add(
-        OutboundMessage(
-            channel=refused.channel,
-            tenant=refused.tenant,
-            recipient=refused.recipient,
-            payload=refused.payload,
-            status=HELD,
-            ticket_id=refused.ticket_id,
-            dedupe_key=f"held:{refused.id}",
-            created_at=now,
-            next_attempt_at=now,
-        )
-    )
     tenant = (
         tenants.by_slug(refused.tenant) if refused.tenant and refused.tenant in tenants else None
     )
-    template = tenant.whatsapp_templates.get(UPDATE_TEMPLATE) if tenant else None
-    if tenant is None or template is None:
-        log.warning("outbox message %s held: no approved template to invite with", refused.id)
-        return True
-    text = translate(tenant.default_language, INVITATION)
-    outbox.enqueue(
+    invited = await hold(
         session,
-        channel=Channel.WHATSAPP,
+        tenant,
         recipient=refused.recipient,
-        tenant=tenant.slug,
+        payload=refused.payload,
         ticket_id=refused.ticket_id,
-        payload={
-            "from": refused.payload["from"],
-            "content_sid": template,
-            "content_variables": json.dumps({"1": tenant.name, "2": text}, ensure_ascii=False),
-        },
-        dedupe_key=f"invite:{refused.id}",
+        key=f"held:{refused.id}",
+        now=now,
     )
-    log.info("outbox message %s held outside the window; template invitation queued", refused.id)
+    if invited:
+        log.info("outbox message %s held outside the window; invitation queued", refused.id)
+    else:
+        log.warning("outbox message %s held: no approved template to invite with", refused.id)
     return True
 
 
 async def release_held(session: AsyncSession, *, recipient: str, now: datetime) -> int:
     """The customer wrote: the window is open again, so send what was held, oldest first."""
-    table = OutboundMessage.__table__  # type: ignore[attr-defined]
     result = await session.exec(
-        sa.update(table)
+        sa.update(_T)
         .where(
-            table.c.channel == Channel.WHATSAPP,
-            table.c.recipient == recipient,
-            table.c.status == HELD,
+            _T.c.channel == Channel.WHATSAPP,
+            _T.c.recipient == recipient,
+            _T.c.status == HELD,
         )
-        .values(status="pending", next_attempt_at=now)
+        .values(status=OutboxStatus.PENDING, next_attempt_at=now)
     )
     return int(result.rowcount)
 

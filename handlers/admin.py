@@ -8,6 +8,7 @@ frame denial, no-store, and HSTS when served over HTTPS.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -93,11 +94,27 @@ def session_cookie(secure: bool) -> str:
 
 
 def client_ip(request: web.Request) -> str:
-    """The right-most X-Forwarded-For entry (the one our proxy added), else the peer."""
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if forwarded.strip():
-        return forwarded.split(",")[-1].strip()[:64]
-    return (request.remote or "unknown")[:64]
+    """The address that login throttling and the audit record: the peer's, unless the peer
+    is our reverse proxy (loopback or private), then the X-Forwarded-For entry it added.
+
+    A client reaching the service directly cannot choose its address by sending the header."""
+    peer = request.remote or ""
+    if _is_proxy(peer):
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        if forwarded:
+            return forwarded[:64]
+    return (peer or "unknown")[:64]
+
+
+def _is_proxy(peer: str) -> bool:
+    """A loopback or private peer: the reverse proxy in front (README, "Deploying")."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_private
 
 
 def _current(request: web.Request) -> admin_service.Current:

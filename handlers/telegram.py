@@ -87,9 +87,10 @@ def parse(data: Mapping[str, Any], bot: Any, *, received_at: datetime) -> Inboun
         return _inbound(update, received_at)
     except BadUpdate:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        # de_json takes objects with required fields missing (a message without its chat):
-        # whatever cannot be read is refused here, not left to fail later.
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError) as exc:
+        # de_json takes objects with required fields missing (a message without its chat),
+        # and a date far outside the platform's range fails its conversion: whatever
+        # cannot be read is refused here, not left to fail later.
         raise BadUpdate(f"not a Telegram Update ({type(exc).__name__})") from None
 
 
@@ -121,8 +122,9 @@ def _inbound(update: Update, received_at: datetime) -> Inbound | None:
     if message.document is not None:
         doc = message.document
         media.append(Media(url=doc.file_id, content_type=doc.mime_type, file_name=doc.file_name))
-    if message.photo:
-        media.append(Media(url=message.photo[-1].file_id, content_type="image/jpeg"))
+    if message.photo:  # one PhotoSize per size Telegram keeps: take the largest
+        largest = max(message.photo, key=lambda size: size.width * size.height)
+        media.append(Media(url=largest.file_id, content_type="image/jpeg"))
     start_param = None
     if text.startswith("/start"):
         parts = text.split(maxsplit=1)
@@ -251,9 +253,12 @@ def _retry_after_seconds(value: int | timedelta) -> float:
 
 
 # --- staff desk: sending (methods, pacing, splitting) -------------------------------------
-# Methods that post a message (Telegram's broadcast limits count these); creating a forum
-# topic posts its service message, so it counts too.
-POSTING = frozenset({"send_message", "send_document", "send_photo", "create_forum_topic"})
+# Methods that post a message (Telegram's broadcast limits count these); creating, renaming,
+# closing and reopening a forum topic each post a service message, so they count too.
+TOPIC_CHANGES = frozenset({"edit_forum_topic", "close_forum_topic", "reopen_forum_topic"})
+POSTING = frozenset(
+    {"send_message", "send_document", "send_photo", "create_forum_topic", *TOPIC_CHANGES}
+)
 _HTML_TOKEN = re.compile(r"<[^<>]*>|&#?[A-Za-z0-9]+;|\s+|[^<&\s]+|[<&]")
 _HTML_OPEN = re.compile(r"<([a-zA-Z][a-zA-Z0-9-]*)[^<>]*>")
 
@@ -407,7 +412,8 @@ class TelegramSender:
     Payload keys: text, parse_mode, reply_markup (an inline keyboard or a force reply, as
     dicts), thread_id, reply_to (message id; sent even if that message is gone); `method`
     is send_message, send_document (document, caption), send_photo (photo, caption),
-    create_forum_topic (name; answers the topic's thread id), edit_message_text
+    create_forum_topic (name; answers the topic's thread id), edit_forum_topic (thread_id,
+    name), close_forum_topic and reopen_forum_topic (thread_id), edit_message_text
     (message_id), edit_message_reply_markup (message_id) or answer_callback_query
     (callback_id, text, show_alert). Texts over 4096 characters go as several messages.
     """
@@ -447,8 +453,8 @@ class TelegramSender:
         except (Forbidden, InvalidToken, ChatMigrated) as exc:
             raise SendError(f"telegram refused: {type(exc).__name__}", retryable=False) from None
         except BadRequest as exc:
-            if "not modified" in exc.message.lower():
-                return None  # an edit that changes nothing has nothing left to do
+            if "not modified" in exc.message.lower().replace("_", " "):
+                return None  # an edit (TOPIC_NOT_MODIFIED too) that changes nothing is done
             raise SendError(f"telegram bad request: {exc.message[:120]}", retryable=False) from None
         except (TimedOut, NetworkError) as exc:
             raise SendError(f"telegram network: {type(exc).__name__}", retryable=True) from None
@@ -515,6 +521,15 @@ class TelegramSender:
         if method == "create_forum_topic":
             topic = await self._bot.create_forum_topic(chat_id=chat_id, name=payload["name"][:128])
             return str(topic.message_thread_id)
+        if method in TOPIC_CHANGES:
+            thread = int(payload["thread_id"])
+            if method == "edit_forum_topic":
+                await self._bot.edit_forum_topic(chat_id, thread, name=payload["name"][:128])
+            elif method == "close_forum_topic":
+                await self._bot.close_forum_topic(chat_id, thread)
+            else:
+                await self._bot.reopen_forum_topic(chat_id, thread)
+            return None
         thread_id = payload.get("thread_id")
         reply = (
             ReplyParameters(message_id=int(payload["reply_to"]), allow_sending_without_reply=True)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -89,11 +90,15 @@ def make_settings(
 
 
 @asynccontextmanager
-async def running_service(database_url: str, **overrides: Any) -> AsyncIterator[Service]:
-    """Fakes first, then the app against them; everything torn down in reverse."""
+async def running_service(
+    database_url: str, *, now: Callable[[], datetime] | None = None, **overrides: Any
+) -> AsyncIterator[Service]:
+    """Fakes first, then the app against them; everything torn down in reverse. `now`
+    replaces the app's clock (so that a day can pass)."""
     async with FakeTelegram() as telegram, FakeTwilio() as twilio:
         settings = make_settings(database_url, telegram, twilio, **overrides)
-        server = TestServer(create_app(settings), host="127.0.0.1")
+        app = create_app(settings) if now is None else create_app(settings, now=now)
+        server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         try:
             async with aiohttp.ClientSession() as http:

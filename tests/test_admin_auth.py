@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
+from bot import admin_service
+from handlers.admin import client_ip
 from storage.admin_models import AdminAudit, AdminSession, LoginAttempt, SandboxChat
+from storage.db import create_engine, session_factory
 from storage.enums import TicketStatus
-from storage.models import InboundMessage, Ticket, TicketEvent
-from tests.test_admin_support import ADMIN, VIEWER, Seed, admin_desk, rows, seed
+from storage.models import InboundMessage, Ticket, TicketEvent, utcnow
+from tests.test_admin_support import ADMIN, VIEWER, Seed, admin_desk, make_accounts, rows, seed
 
 PAGES = [
     "/admin",
@@ -179,6 +183,138 @@ async def test_wrong_passwords_are_throttled(database_url: str, tmp_path: Path) 
         for _ in range(5):
             assert (await browser.login("nobody@example.com", "whatever it is")).status == 401
         assert (await browser.login("nobody@example.com", "whatever it is")).status == 429
+
+
+async def test_twenty_failures_from_one_address_block_every_account(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The per-address limit: failures spread over many accounts (none reaching its own
+    limit of 5) still stop that address, even with the right password."""
+    limit = admin_service.MAX_FAILURES_PER_ADDRESS
+    async with admin_desk(database_url, tmp_path) as desk, desk.browser(None) as browser:
+        for n in range(limit - 1):
+            response = await browser.login(f"guess{n}@example.com", "not the password")
+            assert response.status == 401, n
+        # One below the limit, the right password still gets in...
+        response = await browser.login(*ADMIN)
+        assert response.status == 200 and response.url.path == "/admin/tickets"
+        response = await browser.login(f"guess{limit}@example.com", "not the password")
+        assert response.status == 401
+        # ...and at the limit nobody does from this address, admin or viewer.
+        for who in (ADMIN, VIEWER):
+            response = await browser.login(*who)
+            assert response.status == 429, who
+            assert "Too many failed attempts" in await response.text()
+    attempts = await rows(database_url, LoginAttempt)
+    assert {a.ip for a in attempts} == {"127.0.0.1"}
+    assert sum(1 for a in attempts if not a.ok) == limit
+
+
+async def test_behind_the_proxy_its_forwarded_address_is_throttled(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The test client connects from 127.0.0.1, as a reverse proxy on the same host would:
+    the address that proxy appends to X-Forwarded-For is the one throttled. A client that
+    sends its own X-Forwarded-For through the proxy only adds entries to the left."""
+    limit = admin_service.MAX_FAILURES_PER_ADDRESS
+    attacker = "203.0.113.7"
+    async with admin_desk(database_url, tmp_path) as desk:
+        for n in range(limit):
+            # A new made-up address each time, then the one the proxy saw.
+            forwarded = {"X-Forwarded-For": f"10.9.{n}.1, {attacker}"}
+            async with desk.browser(None, headers=forwarded) as browser:
+                response = await browser.login(f"guess{n}@example.com", "not the password")
+                assert response.status == 401, n
+        async with desk.browser(None, headers={"X-Forwarded-For": attacker}) as browser:
+            response = await browser.login(*ADMIN)
+            assert response.status == 429
+            assert "Too many failed attempts" in await response.text()
+        async with desk.browser(
+            None, headers={"X-Forwarded-For": f"{attacker}, 192.0.2.44"}
+        ) as someone_else:
+            response = await someone_else.login(*ADMIN)
+            assert response.status == 200 and response.url.path == "/admin/tickets"
+    attempts = await rows(database_url, LoginAttempt)
+    assert sorted({a.ip for a in attempts}) == ["192.0.2.44", attacker]
+    assert sum(1 for a in attempts if a.ip == attacker and not a.ok) == limit
+
+
+def _from(peer: str, forwarded: str | None = None) -> Any:
+    headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
+    return make_mocked_request("POST", "/admin/login", headers=headers).clone(remote=peer)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        # Straight from the internet: the header is the client's own words, ignored.
+        ("8.8.8.8", "203.0.113.7", "8.8.8.8"),
+        ("8.8.8.8", "1.1.1.1, 127.0.0.1", "8.8.8.8"),
+        ("2606:4700:4700::1111", "203.0.113.7", "2606:4700:4700::1111"),
+        ("::ffff:8.8.8.8", "203.0.113.7", "::ffff:8.8.8.8"),
+        ("8.8.8.8", None, "8.8.8.8"),
+        # From a proxy on this host or the private network: the entry it appended.
+        ("127.0.0.1", "1.1.1.1, 203.0.113.7", "203.0.113.7"),
+        ("::1", "203.0.113.7", "203.0.113.7"),
+        ("10.0.0.5", "203.0.113.7", "203.0.113.7"),
+        ("172.16.3.4", " 203.0.113.7 ", "203.0.113.7"),
+        ("192.168.1.2", "203.0.113.7", "203.0.113.7"),
+        ("fd00::2", "203.0.113.7", "203.0.113.7"),
+        ("::ffff:10.0.0.5", "203.0.113.7", "203.0.113.7"),
+        # A proxy that adds nothing (or an empty entry): the proxy itself.
+        ("10.0.0.5", None, "10.0.0.5"),
+        ("10.0.0.5", "203.0.113.7, ", "10.0.0.5"),
+    ],
+)
+def test_client_ip_trusts_x_forwarded_for_only_from_a_proxy(
+    peer: str, forwarded: str | None, expected: str
+) -> None:
+    assert client_ip(_from(peer, forwarded)) == expected
+
+
+def test_client_ip_without_a_network_peer() -> None:
+    assert client_ip(_from("", "203.0.113.7")) == "unknown"
+    assert client_ip(make_mocked_request("GET", "/", headers={"X-Forwarded-For": "1.1.1.1"})) == (
+        "unknown"
+    )
+
+
+async def test_a_direct_client_cannot_escape_the_throttle_by_forging_x_forwarded_for(
+    database_url: str,
+) -> None:
+    """The non-proxy case, which the loopback test client cannot be: each attempt claims a
+    new address, and still all of them count against the peer's."""
+    await make_accounts(database_url)
+    engine = create_engine(database_url)
+    sessions = session_factory(engine)
+    now = utcnow()
+    limit = admin_service.MAX_FAILURES_PER_ADDRESS
+    try:
+        for n in range(limit):
+            request = _from("8.8.8.8", f"203.0.113.{n + 1}")
+            result = await admin_service.sign_in(
+                sessions,
+                email=f"guess{n}@example.com",
+                password="not the password",
+                ip=client_ip(request),
+                now=now,
+            )
+            assert isinstance(result, admin_service.Refused) and not result.throttled, n
+        forged = _from("8.8.8.8", "198.51.100.99")
+        result = await admin_service.sign_in(
+            sessions, email=ADMIN[0], password=ADMIN[1], ip=client_ip(forged), now=now
+        )
+        assert isinstance(result, admin_service.Refused) and result.throttled
+        # Another direct client is not affected.
+        other = _from("1.1.1.1", "8.8.8.8")
+        result = await admin_service.sign_in(
+            sessions, email=ADMIN[0], password=ADMIN[1], ip=client_ip(other), now=now
+        )
+        assert isinstance(result, admin_service.SignedIn)
+    finally:
+        await engine.dispose()
+    attempts = await rows(database_url, LoginAttempt)
+    assert {a.ip for a in attempts} == {"8.8.8.8", "1.1.1.1"}
 
 
 async def test_login_form_needs_its_csrf_cookie(database_url: str, tmp_path: Path) -> None:

@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
-from datetime import timedelta
+import secrets
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from bot.desk import file_context
+from storage import crypto
 from storage.admin_models import AdminAudit
+from storage.db import create_engine, session_factory, transaction
+from storage.desk_models import DeskFile
 from storage.enums import TicketStatus
-from storage.models import OutboundMessage, Ticket
+from storage.models import InboundMessage, OutboundMessage, Ticket, utcnow
+from storage.tickets import add_event
 from tests.service import eventually
-from tests.test_admin_support import Seed, admin_desk, events_of_ref, rows, seed
+from tests.test_admin_support import VIEWER, Seed, admin_desk, events_of_ref, rows, seed
 
 
 def _refs(page: str) -> list[str]:
@@ -296,3 +303,154 @@ async def test_charts_are_inline_svg(database_url: str, tmp_path: Path) -> None:
         assert 'data-value="1"' in page
         response, _ = await browser.get("/admin/charts?tenant=jooptics")
         assert response.status == 200
+
+
+CONVERSATION = [
+    # (minutes ago, who, text): stored out of this order, shown in it.
+    (50, "customer", "Hello, I want <b>all</b> my data & the logs"),
+    (40, "bot", 'Which request? Reply "1" for access'),
+    (30, "customer", "1 <script>alert('x')</script>"),
+    (20, "staff", "Staff: check <i>branch</i> records"),
+    (10, "bot", "Your request is filed & we answer soon"),
+]
+
+
+async def _converse(database_url: str, ticket: Ticket, address: str, now: datetime) -> None:
+    """The messages of CONVERSATION, straight in storage: inbound already processed and
+    outbound already sent, so the running workers leave them alone."""
+    engine = create_engine(database_url)
+    try:
+        async with transaction(session_factory(engine)) as session:
+            for n, (ago, who, text) in enumerate(reversed(CONVERSATION)):
+                at = now - timedelta(minutes=ago)
+                if who == "customer":
+                    session.add(
+                        InboundMessage(
+                            channel="whatsapp",
+                            provider_id=f"SM{n:032d}",
+                            tenant=ticket.tenant,
+                            sender=address,
+                            payload={"Body": text, "NumMedia": "0"},
+                            received_at=at,
+                            processed_at=at,
+                        )
+                    )
+                    continue
+                staff = who == "staff"
+                session.add(
+                    OutboundMessage(
+                        channel="telegram" if staff else "whatsapp",
+                        tenant=ticket.tenant,
+                        recipient="-1000000000001" if staff else address,
+                        payload={"text": text},
+                        status="sent",
+                        ticket_id=ticket.id,
+                        created_at=at,
+                        next_attempt_at=at,
+                        sent_at=at,
+                    )
+                )
+    finally:
+        await engine.dispose()
+
+
+async def test_the_conversation_is_shown_in_order_and_escaped(
+    database_url: str, tmp_path: Path
+) -> None:
+    address = "whatsapp:+923001112233"
+    now = utcnow()
+    (ticket,) = await seed(database_url, [Seed(address=address)], now=now)
+    await _converse(database_url, ticket, address, now)
+    async with admin_desk(database_url, tmp_path) as desk, desk.browser() as browser:
+        response, page = await browser.get(f"/admin/tickets/{ticket.ref}")
+        assert response.status == 200
+    section = page.split("<h2>Conversation</h2>", 1)[1].split("</section>", 1)[0]
+    texts = re.findall(r'<div class="text" dir="auto">(.*?)</div>', section, flags=re.S)
+    assert texts == [
+        "Hello, I want &lt;b&gt;all&lt;/b&gt; my data &amp; the logs",
+        "Which request? Reply &#34;1&#34; for access",
+        "1 &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;",
+        "Staff: check &lt;i&gt;branch&lt;/i&gt; records",
+        "Your request is filed &amp; we answer soon",
+    ]
+    whos = re.findall(r'<li class="msg from-(\w+)">', section)
+    assert whos == [who for _, who, _ in CONVERSATION]
+    assert "<script>" not in page and "<b>all</b>" not in page
+
+
+async def _keep_file(database_url: str, ticket: Ticket, name: str, data: bytes) -> int:
+    """A file kept with the ticket, sealed as the desk seals it, and its history line."""
+    engine = create_engine(database_url)
+    try:
+        async with transaction(session_factory(engine)) as session:
+            owner = await session.get(Ticket, ticket.id)
+            assert owner is not None and owner.id is not None
+            seal_id = secrets.token_hex(16)
+            stored = DeskFile(
+                ticket_id=owner.id,
+                tenant=owner.tenant,
+                seal_id=seal_id,
+                name=name,
+                content_type="application/pdf",
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                sealed=crypto.keyring().seal_bytes(data, context=file_context(owner.id, seal_id)),
+            )
+            session.add(stored)
+            await session.flush()
+            assert stored.id is not None
+            await add_event(
+                session,
+                owner,
+                actor="staff:111",
+                kind="staff_reply",
+                at=utcnow(),
+                data={"files": [{"file": stored.id, "name": name}]},
+            )
+            return stored.id
+    finally:
+        await engine.dispose()
+
+
+async def test_admins_download_a_tickets_files(database_url: str, tmp_path: Path) -> None:
+    mine, other = await seed(database_url, [Seed(), Seed()])
+    data = b"%PDF-1.7\n\x00\xff\xfe binary, not text\n"
+    file_id = await _keep_file(database_url, mine, 'copy "final"\r\nX-Evil: 1.pdf', data)
+    other_id = await _keep_file(database_url, other, "other.pdf", b"someone else's file")
+    path = f"/admin/tickets/{mine.ref}/files/{file_id}"
+    async with admin_desk(database_url, tmp_path) as desk:
+        anonymous = await desk.svc.http.get(desk.url + path, allow_redirects=False)
+        assert anonymous.status == 302
+        assert anonymous.headers["Location"].startswith("/admin/login?next=")
+        assert data not in await anonymous.read()
+        async with desk.browser() as browser:
+            _, page = await browser.get(f"/admin/tickets/{mine.ref}")
+            assert f'href="{path}"' in page  # the ticket page links to it
+            response = await browser.http.get(desk.url + path)
+            assert response.status == 200
+            assert await response.read() == data
+            disposition = response.headers["Content-Disposition"]
+            assert disposition == 'attachment; filename="copy _final___X-Evil_ 1.pdf"'
+            assert response.content_type == "application/octet-stream"
+            assert "X-Evil" not in response.headers
+            assert response.headers["X-Original-Content-Type"] == "application/pdf"
+            # Another ticket's file through this ticket's address: no such file.
+            for wrong in (
+                f"/admin/tickets/{mine.ref}/files/{other_id}",
+                f"/admin/tickets/{mine.ref}/files/{other_id + 100}",
+                f"/admin/tickets/{mine.ref}/files/x1",
+                f"/admin/tickets/{other.ref}/files/{file_id}",
+            ):
+                response = await browser.http.get(desk.url + wrong)
+                assert response.status == 404, wrong
+                body = await response.read()
+                assert data not in body and b"someone else" not in body, wrong
+        # README: downloaded "by admins only"; a viewer sees the name, not the file.
+        async with desk.browser(VIEWER) as viewer:
+            _, page = await viewer.get(f"/admin/tickets/{mine.ref}")
+            assert "copy &#34;final&#34;" in page and f'href="{path}"' not in page
+            response = await viewer.http.get(desk.url + path)
+            assert response.status == 403
+            assert data not in await response.read()
+    downloads = [a for a in await rows(database_url, AdminAudit) if a.action == "download_file"]
+    assert [(a.ticket_id, a.detail) for a in downloads] == [(mine.id, {"file": file_id})]

@@ -36,6 +36,8 @@ OD_NUMBER = "whatsapp:+14155238881"
 CUSTOMER = "whatsapp:+923001234001"
 TG_CUSTOMER = 5550001
 EXPORT = b"name,email,orders\nAmina Khan,amina@example.com,3\n"
+# A photo as Telegram keeps it: a thumbnail, a medium and the full size, smallest first.
+PHOTO_SIZES = (b"\xff\xd8 thumb", b"\xff\xd8 medium size", b"\xff\xd8 full size of the scan")
 
 
 def desk_tenants(tmp_path: Path) -> Path:
@@ -310,6 +312,18 @@ async def test_ticket_life_with_a_whatsapp_customer(database_url: str, tmp_path:
         forged = url.group(1)[:-3] + ("AAA" if not url.group(1).endswith("AAA") else "BBB")
         assert (await svc.http.get(f"{svc.url}/d/{forged}")).status == 404
 
+        # A photo replied to the card: its largest size, as a download link of its own.
+        before = len(customer.inbox())
+        photo = svc.telegram.add_photo(*PHOTO_SIZES)
+        await sana.write(None, reply_to_message_id=card["message_id"], photo=photo)
+        await eventually(lambda: len(customer.inbox()) > before)
+        photo_link = re.search(rf"{re.escape(PUBLIC)}/d/(\S+)", customer.inbox()[-1])
+        assert photo_link and photo_link.group(1) != url.group(1), customer.inbox()[-1]
+        got = await svc.http.post(f"{svc.url}/d/{photo_link.group(1)}")
+        assert got.status == 200 and await got.read() == PHOTO_SIZES[-1]
+        assert got.headers["Content-Type"] == "image/jpeg"
+        assert f"{ref}.jpg" in got.headers["Content-Disposition"]
+
         # Resolve with a note: the customer reads it; the card shows the end, without buttons.
         before = len(customer.inbox())
         await sana.write(f"/resolve {ref} Your data has been sent to you.")
@@ -325,7 +339,7 @@ async def test_ticket_life_with_a_whatsapp_customer(database_url: str, tmp_path:
         assert ticket.status == TicketStatus.RESOLVED and ticket.closed_at is not None
         kinds = await event_kinds(database_url, ticket.id or 0)
         assert ("claimed", f"staff:{SANA}") in kinds
-        assert kinds.count(("staff_reply", f"staff:{SANA}")) == 2
+        assert kinds.count(("staff_reply", f"staff:{SANA}")) == 3
         assert ("customer_message", "customer") in kinds
         assert ("file_downloaded", "customer") in kinds
         assert kinds[-1] == ("resolved", f"staff:{SANA}")
@@ -401,6 +415,14 @@ async def test_ticket_life_with_a_telegram_customer_in_a_forum(
         assert delivered.data == EXPORT
         assert ref_text in sent[0].params["caption"]
 
+        # A photo in the topic reaches the customer as a photo: its largest size.
+        photo = svc.telegram.add_photo(*PHOTO_SIZES)
+        await omar.write(None, message_thread_id=thread, photo=photo)
+        sent = await eventually(lambda: [c for c in customer.inbox() if c.method == "sendPhoto"])
+        assert sent[0].params["photo"] == photo[-1]["file_id"]
+        assert svc.telegram.files[sent[0].params["photo"]].data == PHOTO_SIZES[-1]
+        assert ref_text in sent[0].params["caption"]
+
         # Extend through the button and its prompt: reason required, customer told.
         mark = last_id(svc)
         await omar.press(card["message_id"], button(card, "Extend"))
@@ -429,9 +451,15 @@ async def test_ticket_life_with_a_telegram_customer_in_a_forum(
         )
         assert done == f"Your request {ref_text} has been completed."
         await eventually(lambda: "Resolved" in card_of_now(svc, card)["text"])
+
+        # The topic shows the end too: renamed with the outcome and closed, each call once.
+        await eventually(lambda: topic in svc.telegram.closed_topics)
+        assert svc.telegram.topics[topic] == f"✓ {ref_text} · Access (copy of data)"
+        assert len(svc.telegram.calls_to("editForumTopic")) == 1
+        assert len(svc.telegram.calls_to("closeForumTopic")) == 1
         kinds = await event_kinds(database_url, ticket.id or 0)
         assert [k for k, actor in kinds if actor == f"staff:{OMAR}"] == [
-            "claimed", "staff_reply", "note", "staff_reply", "extended", "resolved"
+            "claimed", "staff_reply", "note", "staff_reply", "staff_reply", "extended", "resolved"
         ]  # fmt: skip
         clean(svc)
 
@@ -440,6 +468,7 @@ async def test_rejection_names_the_regulator_in_the_customers_language(
     database_url: str, tmp_path: Path
 ) -> None:
     async with desk_service(database_url, tmp_path) as (svc, _mailbox):
+        svc.telegram.add_chat(JOO_CHAT, chat_type="supergroup", is_forum=True)
         customer = TelegramUser(svc, 5550002)
         await customer.say("/start jooptics")
         await customer.say("أريد تقديم شكوى")
@@ -459,7 +488,13 @@ async def test_rejection_names_the_regulator_in_the_customers_language(
         )
         assert "We hold no data about you." in text
         assert "Personal Data Protection Unit" in text
-        assert (await ticket_row(database_url, ref.group(0))).status == TicketStatus.REJECTED
+        ticket = await ticket_row(database_url, ref.group(0))
+        assert ticket.status == TicketStatus.REJECTED
+
+        # Its forum topic is closed and named with the outcome.
+        topic = (JOO_CHAT, ticket.staff_thread_id)
+        await eventually(lambda: topic in svc.telegram.closed_topics)
+        assert svc.telegram.topics[topic] == f"✗ {ref.group(0)} · Complaint"
         clean(svc)
 
 

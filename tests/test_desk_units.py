@@ -181,6 +181,100 @@ async def test_a_forum_gets_a_topic_per_ticket_and_a_plain_group_is_learnt_once(
         assert (await queue(session))[-1].payload.get("method", "send_message") == "send_message"
 
 
+TOPIC_CALLS = ("edit_forum_topic", "close_forum_topic", "reopen_forum_topic")
+
+
+async def topic_calls(session: AsyncSession) -> list[OutboundMessage]:
+    return [r for r in await queue(session) if r.payload.get("method") in TOPIC_CALLS]
+
+
+def topic_call(row: OutboundMessage) -> tuple[str, Any]:
+    return row.payload["method"], row.payload.get("name")
+
+
+async def test_a_topic_is_renamed_and_closed_with_its_ticket_once_and_reopened_with_it(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    desk = make_desk(tmp_path)
+    async with FakeTelegram() as fake:
+        fake.add_chat(STAFF_CHAT, chat_type="supergroup", is_forum=True)
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, telegram_bot_token=fake.token, telegram_api_base_url=fake.url
+        )
+        async with make_bot(settings) as bot, transaction(sessions) as session:
+            sender = TelegramSender(bot)
+
+            async def send(row: OutboundMessage) -> str | None:
+                sent = await sender.send(row.recipient, row.payload)
+                await set_status(session, row, OutboxStatus.SENT)
+                return sent
+
+            ticket = await seed(session)
+            await desk.ticket_changed(session, ticket, NOW)
+            [create] = await queue(session)
+            thread = await send(create)
+            await desk.after_send(session, create, thread, None)
+            assert thread is not None and ticket.staff_thread_id == int(thread)
+            topic = (STAFF_CHAT, int(thread))
+            named = f"{ticket.ref} · Access (copy of data)"
+            assert fake.topics[topic] == named and await topic_calls(session) == []
+
+            # Resolved: renamed with the outcome, then closed; nothing more on later changes.
+            ticket.status, ticket.closed_at = TicketStatus.RESOLVED, NOW
+            await desk.refresh(session, ticket, NOW)
+            await desk.ticket_changed(session, ticket, NOW)
+            calls = await topic_calls(session)
+            assert [topic_call(r) for r in calls] == [
+                ("edit_forum_topic", f"✓ {named}"), ("close_forum_topic", None)
+            ]  # fmt: skip
+            assert {r.payload["thread_id"] for r in calls} == {int(thread)}
+            for row in calls:
+                await send(row)
+            assert fake.topics[topic] == f"✓ {named}" and topic in fake.closed_topics
+
+            # Opened again (by whatever path): the topic too, under its first name.
+            ticket.status, ticket.closed_at = TicketStatus.IN_PROGRESS, None
+            await desk.refresh(session, ticket, NOW)
+            calls = (await topic_calls(session))[2:]
+            assert [topic_call(r) for r in calls] == [
+                ("reopen_forum_topic", None), ("edit_forum_topic", named)
+            ]  # fmt: skip
+            for row in calls:
+                await send(row)
+            assert fake.topics[topic] == named and topic not in fake.closed_topics
+
+            # Withdrawn by the customer: closed again, marked as withdrawn.
+            ticket.status, ticket.closed_at = TicketStatus.CANCELLED, NOW
+            await desk.ticket_changed(session, ticket, NOW)
+            await desk.ticket_changed(session, ticket, NOW)
+            calls = (await topic_calls(session))[4:]
+            assert [topic_call(r) for r in calls] == [
+                ("edit_forum_topic", f"↩ {named}"), ("close_forum_topic", None)
+            ]  # fmt: skip
+            for row in calls:
+                await send(row)
+            assert fake.topics[topic] == f"↩ {named}" and topic in fake.closed_topics
+
+            # A ticket closed while its topic was being made: closed as soon as it exists.
+            late = await seed(session, number=1)
+            await desk.ticket_changed(session, late, NOW)
+            create = (await queue(session))[-1]
+            assert create.payload["method"] == "create_forum_topic"
+            late.status, late.closed_at = TicketStatus.REJECTED, NOW
+            await desk.refresh(session, late, NOW)
+            thread = await send(create)
+            await desk.after_send(session, create, thread, None)
+            calls = (await topic_calls(session))[6:]
+            assert [topic_call(r) for r in calls] == [
+                ("edit_forum_topic", f"✗ {late.ref} · Access (copy of data)"),
+                ("close_forum_topic", None),
+            ]
+            for row in calls:
+                await send(row)
+            assert (STAFF_CHAT, int(thread or 0)) in fake.closed_topics
+        assert fake.violations == [] and fake.rate_violations == []
+
+
 async def test_a_busy_chat_gets_new_tickets_in_digests(
     sessions: SessionFactory, tmp_path: Path
 ) -> None:

@@ -6,9 +6,14 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, time
+from zoneinfo import ZoneInfo
 
+from babel.dates import format_date
 from sqlmodel import select
 
+from bot import accounts
+from bot.i18n import FSI, PDI
 from storage.db import create_engine, session_factory
 from storage.enums import TicketStatus
 from storage.models import ConsentRecord, Conversation, Suppression, Ticket, TicketEvent
@@ -18,6 +23,8 @@ from tests.test_mail import Collector, smtp_server
 
 OD_NUMBER = "whatsapp:+14155238881"
 CUSTOMER = "whatsapp:+923001112233"
+OD_STAFF_CHAT = -1000000000001
+KARACHI = ZoneInfo("Asia/Karachi")
 
 
 class WhatsAppCustomer:
@@ -83,6 +90,49 @@ def _code_in(mailbox: Collector, to: str) -> str:
     return match.group(1)
 
 
+def _due_date(due_at: datetime, language: str) -> str:
+    """A 7-business-day deadline as the customer reads it: the long date in Karachi, no time
+    (it ends at 23:59:59 there)."""
+    local = due_at.astimezone(KARACHI)
+    assert local.time().replace(microsecond=0) == time(23, 59, 59), local
+    return format_date(local.date(), "long", locale=language)
+
+
+def _staff_texts(svc: Service) -> list[str]:
+    return [c.params.get("text", "") for c in svc.telegram.sent_messages(chat_id=OD_STAFF_CHAT)]
+
+
+async def _file_verified_erasure(customer: WhatsAppCustomer, mailbox: Collector, email: str) -> str:
+    """Ask for erasure, verify by the mailed code; the reference."""
+    await customer.say("Please delete my data")
+    await customer.say("yes")
+    await customer.say(email)
+    await eventually(lambda: [m for m in mailbox.messages if email in m.rcpt_tos])
+    verified = await customer.say(_code_in(mailbox, email))
+    ref = re.search(r"OD-\d{4}-\d{5}", verified)
+    assert ref, verified
+    return ref.group(0)
+
+
+async def _api_token(database_url: str) -> str:
+    engine = create_engine(database_url)
+    try:
+        return await accounts.create_token(session_factory(engine), name="crm")
+    finally:
+        await engine.dispose()
+
+
+async def _suppressions(svc: Service, token: str) -> list[tuple[str, str, str]]:
+    """What the business's systems see at GET /api/v1/suppressions."""
+    response = await svc.http.get(
+        svc.url + "/api/v1/suppressions?tenant=optician-dynamics",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status == 200
+    items = (await response.json())["items"]
+    return [(i["channel"], i["address"], i["category"]) for i in items]
+
+
 async def test_whatsapp_erasure_request_is_verified_and_filed(database_url: str) -> None:
     async with desk(database_url) as (svc, mailbox):
         customer = WhatsAppCustomer(svc)
@@ -102,6 +152,11 @@ async def test_whatsapp_erasure_request_is_verified_and_filed(database_url: str)
         assert ticket.ref == ref.group(0)
         assert ticket.kind == "erasure" and ticket.status == TicketStatus.OPEN
         assert ticket.verified_at is not None and ticket.due_at is not None
+        # The answer to the code gives the reference and the due date, in Karachi time.
+        assert filed == (
+            "Thank you, we have confirmed it is you. We are working on your request "
+            f"{ticket.ref} and will answer by {_due_date(ticket.due_at, 'en')}."
+        )
         events = [e.kind for e in await _rows(database_url, TicketEvent)]
         assert events[0] == "created" and "verified" in events and "opened" in events
         # Later messages (staff, reminders) go from the number the customer wrote to.
@@ -164,7 +219,7 @@ async def test_telegram_complaint_in_arabic_needs_no_verification(database_url: 
 
 
 async def test_whatsapp_marketing_stop_in_urdu_and_status(database_url: str) -> None:
-    async with desk(database_url) as (svc, _):
+    async with desk(database_url) as (svc, mailbox):
         customer = WhatsAppCustomer(svc, "whatsapp:+923009998877")
         menu = await customer.say("السلام علیکم")
         assert "پرائیویسی ڈیسک" in menu
@@ -180,3 +235,125 @@ async def test_whatsapp_marketing_stop_in_urdu_and_status(database_url: str) -> 
         tickets = await _rows(database_url, Ticket)
         erasure = next(t for t in tickets if t.kind == "erasure")
         assert erasure.ref in status
+        # Verified: the reference and the due date, in Urdu, the date in Karachi time.
+        await customer.say("zara@example.com")
+        await eventually(lambda: mailbox.messages)
+        verified = await customer.say(_code_in(mailbox, "zara@example.com"))
+        (erasure,) = [t for t in await _rows(database_url, Ticket) if t.kind == "erasure"]
+        assert erasure.status == TicketStatus.OPEN and erasure.due_at is not None
+        due = _due_date(erasure.due_at, "ur")
+        assert re.search(r"[\u0600-\u06ff]", due), due  # the month's Urdu name
+        assert verified == (
+            "شکریہ، آپ کی شناخت کی تصدیق ہو گئی ہے۔ ہم آپ کی درخواست "
+            f"{FSI}{erasure.ref}{PDI} پر کام کر رہے ہیں اور {FSI}{due}{PDI} تک جواب دیں گے۔"
+        )
+
+
+async def test_cancel_ref_withdraws_the_customers_own_request(database_url: str) -> None:
+    async with desk(database_url) as (svc, mailbox):
+        customer = WhatsAppCustomer(svc)
+        ref = await _file_verified_erasure(customer, mailbox, "amina@example.com")
+        await eventually(lambda: any(ref in text for text in _staff_texts(svc)))  # the card
+
+        # Someone else's reference, and one that does not exist: refused, nothing changes.
+        stranger = WhatsAppCustomer(svc, "whatsapp:+923004445566")
+        assert await stranger.say(f"cancel {ref}") == (
+            f"We could not find a request {ref} of yours. Write STATUS to see your requests."
+        )
+        unknown = "OD-2026-99999" if ref != "OD-2026-99999" else "OD-2026-99998"
+        assert await customer.say(f"cancel {unknown}") == (
+            f"We could not find a request {unknown} of yours. Write STATUS to see your requests."
+        )
+        (ticket,) = [t for t in await _rows(database_url, Ticket) if t.ref == ref]
+        assert ticket.status == TicketStatus.OPEN and ticket.closed_at is None
+        assert "cancelled" not in [e.kind for e in await _rows(database_url, TicketEvent)]
+        assert not any("withdrew" in text for text in _staff_texts(svc))
+
+        # The customer's own: withdrawn, recorded, acknowledged, and staff are told.
+        assert await customer.say(f"cancel {ref}") == f"Your request {ref} has been withdrawn."
+        (ticket,) = [t for t in await _rows(database_url, Ticket) if t.ref == ref]
+        assert ticket.status == TicketStatus.CANCELLED and ticket.closed_at is not None
+        (event,) = [e for e in await _rows(database_url, TicketEvent) if e.kind == "cancelled"]
+        assert event.ticket_id == ticket.id and event.actor == "customer"
+        assert event.data == {"status": "cancelled"}
+        told = await eventually(
+            lambda: [
+                c
+                for c in svc.telegram.sent_messages(chat_id=OD_STAFF_CHAT)
+                if "withdrew" in c.params.get("text", "")
+            ]
+        )
+        assert len(told) == 1
+        assert told[0].params["text"] == (
+            f"🚫 <b>{ref}</b> · the customer withdrew this request; it is now cancelled."
+        )
+        assert told[0].params.get("parse_mode") == "HTML"
+        # Under the ticket's card (a plain group: no forum topic), which now says so too.
+        card = next(m for m in svc.telegram.messages_in(OD_STAFF_CHAT) if ref in m["text"])
+        assert told[0].params["reply_parameters"]["message_id"] == card["message_id"]
+        await eventually(
+            lambda: (
+                "Withdrawn"
+                in next(m for m in svc.telegram.messages_in(OD_STAFF_CHAT) if ref in m["text"])[
+                    "text"
+                ]
+            )
+        )
+
+        # Twice: already closed, and nothing more happens.
+        assert await customer.say(f"cancel {ref}") == (
+            f"Your request {ref} is already closed, so it cannot be withdrawn."
+        )
+        assert (
+            len([e for e in await _rows(database_url, TicketEvent) if e.kind == "cancelled"]) == 1
+        )
+        assert sum("withdrew" in text for text in _staff_texts(svc)) == 1
+        assert svc.twilio.violations == [] and svc.telegram.violations == []
+
+
+async def test_start_after_stop_opts_back_in(database_url: str) -> None:
+    async with desk(database_url) as (svc, _):
+        customer = WhatsAppCustomer(svc)
+        token = await _api_token(database_url)
+        began = datetime.now(UTC)
+        assert await customer.say("STOP") == (
+            "Done: Optician Dynamics will not send you marketing messages any more. Write START "
+            "if you change your mind."
+        )
+        assert await _suppressions(svc, token) == [("whatsapp", CUSTOMER, "marketing")]
+        assert await customer.say("START") == (
+            "You will receive messages from Optician Dynamics again. Write STOP at any time to "
+            "opt out."
+        )
+        ended = datetime.now(UTC)
+        assert len(customer.inbox()) == 2  # one acknowledgement each
+
+        ledger = sorted(await _rows(database_url, ConsentRecord), key=lambda r: r.id)
+        (conversation,) = await _rows(database_url, Conversation)
+        assert conversation.requester_id is not None
+        assert [
+            (r.tenant, r.requester_id, r.channel, r.address, r.category, r.granted, r.words)
+            for r in ledger
+        ] == [
+            (
+                "optician-dynamics",
+                conversation.requester_id,
+                "whatsapp",
+                CUSTOMER,
+                "marketing",
+                False,
+                "STOP",
+            ),
+            (
+                "optician-dynamics",
+                conversation.requester_id,
+                "whatsapp",
+                CUSTOMER,
+                "marketing",
+                True,
+                "START",
+            ),
+        ]
+        assert began <= ledger[0].at <= ledger[1].at <= ended
+        assert await _rows(database_url, Suppression) == []
+        assert await _suppressions(svc, token) == []

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
+from bot import window
 from bot.clock import parse_duration
+from bot.i18n import translate
 from bot.reminders import (
     RETRY_AFTER,
     Due,
@@ -503,10 +505,15 @@ async def test_customers_are_nudged_then_unverified_requests_expire(
     assert ticket.status == TicketStatus.EXPIRED and ticket.closed_at == clock.at
     assert ticket.next_reminder_at == store.NEVER
     rows = await outbox_rows(sessions)
-    # A week after the customer last wrote: outside WhatsApp's window, so the template.
-    assert len(rows) == 2 and rows[1].payload["content_sid"] == template
-    variables = json.loads(rows[1].payload["content_variables"])
-    assert variables["1"] == "TD-2026-00001" and "بند کر دی گئی" in variables["2"]
+    # A week after the customer last wrote: outside WhatsApp's window, so the notice is held
+    # (free text, sent when they next write) and the approved template invites them back.
+    assert [r.status for r in rows] == ["pending", "held", "pending"]
+    held, invitation = rows[1], rows[2]
+    assert "بند کر دی گئی" in held.payload["text"] and "content_sid" not in held.payload
+    assert held.payload["from"] == invitation.payload["from"] == "whatsapp:+14155230001"
+    assert invitation.recipient == whatsapp and invitation.payload["content_sid"] == template
+    variables = json.loads(invitation.payload["content_variables"])
+    assert variables == {"1": "Test Desk", "2": translate("ur", window.INVITATION)}
     async with sessions() as session:
         history = await tickets.events_of(session, waiting)
     assert history[-1].kind == "expired" and history[-1].actor == "system"

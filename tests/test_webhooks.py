@@ -109,6 +109,52 @@ async def test_whatsapp_malformed_bodies_get_4xx(database_url: str) -> None:
         assert svc.twilio.sent_messages() == []
 
 
+async def test_bodies_over_the_size_limit_get_413_and_nothing_is_stored(
+    database_url: str,
+) -> None:
+    """A correctly signed Twilio form and an Update with the right secret, each just over
+    MAX_BODY: 413 with a reason, nothing stored, nothing answered; the next normal message
+    of each is stored as usual."""
+    from sqlmodel import select
+
+    from bot.app import MAX_BODY
+    from storage.db import create_engine, session_factory
+    from storage.models import InboundMessage
+
+    async def stored() -> list[InboundMessage]:
+        engine = create_engine(database_url)
+        try:
+            async with session_factory(engine)() as session:
+                return list(await session.exec(select(InboundMessage)))
+        finally:
+            await engine.dispose()
+
+    async with running_service(database_url) as svc:
+        huge = "x" * MAX_BODY
+        form = inbound_whatsapp_form(from_=CUSTOMER, to=OD_NUMBER, body=huge)
+        for path in ("/webhooks/whatsapp", "/webhooks/whatsapp/status"):
+            response = await svc.post_whatsapp(form, path=path)
+            assert response.status == 413, path
+            assert "body size" in await response.text(), path
+        update = svc.telegram.message_update(5550004, huge)
+        response = await svc.post_telegram(update)
+        assert response.status == 413
+        assert "body size" in await response.text()
+        assert await stored() == []
+        # Nothing was dropped for another reason: the same senders, normal size, get in.
+        small = inbound_whatsapp_form(from_=CUSTOMER, to=OD_NUMBER, body="hi")
+        assert (await svc.post_whatsapp(small)).status == 200
+        hello = svc.telegram.message_update(5550004, "hi")
+        assert (await svc.post_telegram(hello)).status == 200
+        await eventually(lambda: svc.telegram.sent_messages(chat_id=5550004))
+        await eventually(lambda: svc.twilio.sent_messages(to=CUSTOMER))
+        assert sorted(r.provider_id for r in await stored()) == sorted(
+            [small["MessageSid"], str(hello["update_id"])]
+        )
+        assert len(svc.twilio.sent_messages(to=CUSTOMER)) == 1
+        assert len(svc.telegram.sent_messages(chat_id=5550004)) == 1
+
+
 async def test_whatsapp_status_callback_updates_the_outbox(database_url: str) -> None:
     from sqlmodel import select
 
@@ -192,6 +238,11 @@ async def test_telegram_malformed_bodies_get_400(database_url: str) -> None:
             b'{"update_id": -1}',
             b'{"update_id": 5, "message": {"text": "no chat"}}',
             b"\xff\xfe",
+            # dates past what the platform's clock can hold (found by the fuzzer: was a 500)
+            b'{"update_id": 6, "message": {"message_id": 1, "date": 1000000000000000000,'
+            b' "chat": {"id": 1, "type": "private"}, "text": "hi"}}',
+            b'{"update_id": 7, "message": {"message_id": 1, "date": 1e20,'
+            b' "chat": {"id": 1, "type": "private"}, "text": "hi"}}',
         ):
             response = await svc.http.post(
                 svc.url + "/webhooks/telegram", data=body, headers=headers

@@ -145,7 +145,8 @@ class FakeTelegram(LoopbackServer):
         self.chats: dict[ChatId, dict[str, Any]] = {}
         self.blocked: set[ChatId] = set()
         self.messages: dict[tuple[ChatId, int], dict[str, Any]] = {}
-        self.topics: dict[tuple[ChatId, int], str] = {}
+        self.topics: dict[tuple[ChatId, int], str] = {}  # (chat, thread) -> the topic's name
+        self.closed_topics: set[tuple[ChatId, int]] = set()
         self.files: dict[str, StoredFile] = {}
         self.commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.webhook: dict[str, Any] = {"url": ""}
@@ -171,6 +172,9 @@ class FakeTelegram(LoopbackServer):
             "getWebhookInfo": self._get_webhook_info,
             "getUpdates": self._get_updates,
             "createForumTopic": self._create_forum_topic,
+            "editForumTopic": self._edit_forum_topic,
+            "closeForumTopic": self._close_forum_topic,
+            "reopenForumTopic": self._reopen_forum_topic,
             "getFile": self._get_file,
             "setMyCommands": self._set_my_commands,
             "deleteMessage": self._delete_message,
@@ -291,6 +295,18 @@ class FakeTelegram(LoopbackServer):
         """Store a file as if a user had sent it; returns its `Document` object."""
         stored = self._store_file(data, "documents", file_name, mime_type)
         return _document(stored)
+
+    def add_photo(self, *sizes: bytes) -> list[dict[str, Any]]:
+        """Store a photo as if a user had sent it: one file per size, smallest first, as
+        Telegram keeps them; returns the message's `photo` (a list of `PhotoSize`)."""
+        photo = []
+        for number, data in enumerate(sizes, start=1):
+            stored = self._store_file(data, "photos", None, "image/jpeg")
+            photo.append(
+                {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
+                 "width": 90 * number, "height": 60 * number, "file_size": len(data)}
+            )  # fmt: skip
+        return photo
 
     def message_update(
         self,
@@ -633,6 +649,40 @@ class FakeTelegram(LoopbackServer):
         if "icon_custom_emoji_id" in params:
             topic["icon_custom_emoji_id"] = params["icon_custom_emoji_id"]
         return topic
+
+    def _topic(self, params: Params) -> tuple[ChatId, int]:
+        """The forum topic a call names; Bad Request for a chat with no such topic."""
+        chat = self._chat(params["chat_id"])
+        if not chat.get("is_forum"):
+            raise _bad_request("the chat is not a forum")
+        key = (chat["id"], params["message_thread_id"])
+        if key not in self.topics:
+            raise _bad_request("message thread not found")
+        return key
+
+    async def _edit_forum_topic(self, params: Params) -> Any:
+        key = self._topic(params)
+        name = params.get("name") or self.topics[key]  # empty or missing: kept
+        if len(name) > 128:
+            raise _bad_request("TOPIC_NAME_INVALID", violation=True)
+        if name == self.topics[key] and "icon_custom_emoji_id" not in params:
+            raise _bad_request("TOPIC_NOT_MODIFIED")
+        self.topics[key] = name
+        return True
+
+    async def _close_forum_topic(self, params: Params) -> Any:
+        key = self._topic(params)
+        if key in self.closed_topics:
+            raise _bad_request("TOPIC_NOT_MODIFIED")
+        self.closed_topics.add(key)
+        return True
+
+    async def _reopen_forum_topic(self, params: Params) -> Any:
+        key = self._topic(params)
+        if key not in self.closed_topics:
+            raise _bad_request("TOPIC_NOT_MODIFIED")
+        self.closed_topics.discard(key)
+        return True
 
     async def _get_file(self, params: Params) -> Any:
         stored = self.files.get(params["file_id"])

@@ -289,6 +289,7 @@ class Ledger:
     inbound_unprocessed: int
     inbound_parked: int
     outbox: Counter[str]  # status -> count
+    unsent: list[tuple[Any, ...]]  # the outbox rows not sent: what a failure shows
 
 
 async def ledger(database_url: str) -> Ledger:
@@ -303,6 +304,12 @@ async def ledger(database_url: str) -> Ledger:
                 )
             )
             outbox = Counter({str(status): int(n) for status, n in statuses})
+            unsent = [
+                (m.id, m.channel, m.status, m.attempts, m.locked_by, m.locked_until, m.last_error)
+                for m in await session.exec(
+                    select(OutboundMessage).where(col(OutboundMessage.status) != "sent")
+                )
+            ]
     finally:
         await engine.dispose()
     return Ledger(
@@ -313,6 +320,7 @@ async def ledger(database_url: str) -> Ledger:
         inbound_unprocessed=sum(m.processed_at is None for m in inbound),
         inbound_parked=sum(m.attempts >= MAX_ATTEMPTS for m in inbound),
         outbox=outbox,
+        unsent=unsent,
     )
 
 

@@ -1,15 +1,18 @@
 """Fuzzing the webhooks: hypothesis writes signed Twilio forms and Telegram updates with
 missing, repeated, oversized and oddly encoded fields, and raw bodies of every kind.
 
-For every input: no 5xx. Afterwards: every stored message was processed without an
-exception (none waiting to be retried, none parked), and a customer can still file a
-request. The number of inputs tried is printed (README, "Reliability").
+For every input: no 5xx. Afterwards: every message that was acknowledged (2xx) is in the
+inbox exactly once by its provider id (MessageSid, MessageSid:status, update_id) and nothing
+else is; each was processed exactly once, without an exception (none waiting to be
+retried, none parked); and a customer can still file a request. The number of inputs
+tried and "messages lost", "processed twice" are printed (README, "Reliability").
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import string
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from twilio.request_validator import RequestValidator
 from bot.app import MAX_BODY
 from bot.dispatch import STATUS_TRIES
 from storage.db import create_engine, session_factory
+from storage.inbound import MAX_ATTEMPTS
 from storage.models import InboundMessage
 from tests.service import PUBLIC, WEBHOOK_SECRET, Service, eventually, running_service
 
@@ -156,6 +160,32 @@ def _sign(service: Service, path: str, fields: list[tuple[str, str]]) -> str:
     return str(validator.compute_signature(PUBLIC + path, MultiDict(fields)))
 
 
+class Processed(logging.Handler):
+    """Counts the inbox worker's "inbound N (...) processed" lines, by row id: the commit
+    of one message's handling, so an id seen twice was processed twice."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.ids: Counter[int] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "inbound %s (%s) processed" and isinstance(record.args, tuple):
+            self.ids[int(record.args[0])] += 1
+
+
+def _first(fields: list[tuple[str, str]], name: str) -> str | None:
+    return next((value for key, value in fields if key == name), None)
+
+
+def _accepted_form(path: str, fields: list[tuple[str, str]]) -> str:
+    """The provider id an acknowledged Twilio form is kept under."""
+    sid = _first(fields, "MessageSid")
+    assert sid is not None, fields
+    if path.endswith("/status"):
+        return f"{sid}:{_first(fields, 'MessageStatus')}"[:64]
+    return sid
+
+
 async def _post_form(service: Service, path: str, fields: list[tuple[str, str]]) -> int:
     headers = {"X-Twilio-Signature": _sign(service, path, fields)}
     async with service.http.post(service.url + path, data=fields, headers=headers) as response:
@@ -179,9 +209,29 @@ async def _post_update(service: Service, update: Any) -> int:
     return await _post_raw(service, "/webhooks/telegram", body, "application/json")
 
 
-def test_fuzzed_webhooks_never_fail(live: tuple[asyncio.AbstractEventLoop, Service]) -> None:
+@pytest.fixture
+def processed() -> Iterator[Processed]:
+    inbox_log = logging.getLogger("bot.inbox")
+    level = inbox_log.level
+    if not inbox_log.isEnabledFor(logging.INFO):
+        inbox_log.setLevel(logging.INFO)
+    counter = Processed()
+    inbox_log.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        inbox_log.removeHandler(counter)
+        inbox_log.setLevel(level)
+
+
+def test_fuzzed_webhooks_never_fail(
+    live: tuple[asyncio.AbstractEventLoop, Service], processed: Processed
+) -> None:
     loop, service = live
     statuses: Counter[int] = Counter()
+    # (channel, provider id) of every input acknowledged with a 2xx, with how often.
+    accepted: Counter[tuple[str, str]] = Counter()
+    unexplained: list[tuple[str, bytes]] = []
     common = settings(
         max_examples=EXAMPLES,
         deadline=None,
@@ -201,6 +251,8 @@ def test_fuzzed_webhooks_never_fail(live: tuple[asyncio.AbstractEventLoop, Servi
         TRIED["whatsapp form"] += 1
         statuses[status] += 1
         assert status < 500, (status, fields)
+        if 200 <= status < 300:
+            accepted["whatsapp", _accepted_form(path, fields)] += 1
 
     @common
     @given(update=telegram_updates())
@@ -209,6 +261,8 @@ def test_fuzzed_webhooks_never_fail(live: tuple[asyncio.AbstractEventLoop, Servi
         TRIED["telegram update"] += 1
         statuses[status] += 1
         assert status < 500, (status, update)
+        if 200 <= status < 300:
+            accepted["telegram", str(update["update_id"])] += 1
 
     @common
     @given(
@@ -223,6 +277,11 @@ def test_fuzzed_webhooks_never_fail(live: tuple[asyncio.AbstractEventLoop, Servi
         TRIED["raw body"] += 1
         statuses[status] += 1
         assert status < 500, (status, path, body[:200])
+        if 200 <= status < 300:
+            if path == "/webhooks/telegram":
+                accepted["telegram", str(json.loads(body)["update_id"])] += 1
+            else:  # its signature is made up: never to be acknowledged
+                unexplained.append((path, body[:200]))
 
     whatsapp()
     telegram()
@@ -251,6 +310,31 @@ def test_fuzzed_webhooks_never_fail(live: tuple[asyncio.AbstractEventLoop, Servi
         return await settled()
 
     rows = loop.run_until_complete(wait())
+    # Every acknowledged message kept once (and nothing that was not acknowledged), each
+    # processed exactly once.
+    kept: Counter[tuple[str, str]] = Counter((r.channel, r.provider_id) for r in rows)
+    lost = sorted(set(accepted) - set(kept))
+    stored_twice = sorted(key for key, n in kept.items() if n > 1)
+    processed_twice = sorted(
+        (r.channel, r.provider_id, processed.ids[r.id or 0])
+        for r in rows
+        if processed.ids[r.id or 0] > 1
+    )
+    never_processed = sorted(
+        (r.channel, r.provider_id) for r in rows if processed.ids[r.id or 0] == 0
+    )
+    repeats = sum(accepted.values()) - len(accepted)
+    print(
+        f"\nfuzzed webhooks accepted (2xx): {sum(accepted.values())} ({len(accepted)} messages,"
+        f" {repeats} repeats acknowledged); messages lost = {len(lost)},"
+        f" processed twice = {len(processed_twice) + len(stored_twice)}"
+    )
+    assert not unexplained, unexplained
+    assert len(accepted) > 0 and not lost, lost
+    assert not stored_twice and not processed_twice, (stored_twice, processed_twice)
+    assert set(kept) == set(accepted), sorted(set(kept) - set(accepted))
+    assert not never_processed, never_processed
+    assert all(r.attempts < MAX_ATTEMPTS for r in rows)  # none parked
     # A status for a sid we never sent is retried a few times by design (Twilio can call
     # back before our worker has recorded the sid), then let go; anything else that needed
     # a second attempt failed on the first.
