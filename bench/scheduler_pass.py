@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import bot.reminders
 from bot.reminders import ReminderPass
@@ -26,6 +27,7 @@ from bot.settings import Settings
 from bot.tenants import load_tenants
 from storage import crypto
 from storage.db import SessionFactory, create_engine, session_factory, transaction
+from storage.models import utcnow
 
 BATCHES: list[float] = []  # seconds each batch's transaction lasted, lock wait included
 
@@ -62,8 +64,12 @@ async def main_async(database_url: str, batch: int | None) -> None:
         job = ReminderPass(session_factory(engine), tenants)
         if batch is not None:
             job.batch = batch
-        for name in ("cold", "warm"):
+        # cold: every active ticket unplanned (after a bulk load); warm: right after, with
+        # everything planned; a day later: the pass after the clock was stopped for 24 hours,
+        # every reminder, escalation and expiry of that day due at once.
+        for name, ahead in (("cold", 0), ("warm", 0), ("day later", 24)):
             BATCHES.clear()
+            job.now = lambda ahead=ahead: utcnow() + timedelta(hours=ahead)
             started = time.perf_counter()
             report = await job.run()
             line = {
