@@ -26,9 +26,14 @@ Choices made here:
   (cancel, menu) keeps the request; `verify` resumes, `cancel REF` withdraws it.
 - Marketing opt-out is always accepted, even where a business does not list it: opting out
   must be as easy as opting in.
-- Dialogue steps untouched for a day (menu, details, confirmation, language choice) start
-  over, so an old "yes" cannot confirm a forgotten question. The identity steps do not expire
-  here: the request's own expiry (`unverified_expire_after`) closes them.
+- A cookie opt-out asks, after the categories, for the email address or phone number the
+  customer uses with the business (its website sets the cookies, so it needs to know whom to
+  apply the choice to). It is recorded as given, never checked by a code, and can be skipped:
+  opting out must stay as easy as opting in.
+- Dialogue steps untouched for a day (menu, details, the cookie identity, confirmation,
+  language choice) start over, so an old "yes" cannot confirm a forgotten question. The
+  identity steps do not expire here: the request's own expiry (`unverified_expire_after`)
+  closes them.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from bot.understanding import (
     classify,
     cookie_categories,
     normalise,
+    normalise_email,
+    normalise_phone,
 )
 from storage.enums import RequestType, TicketStatus
 
@@ -127,6 +134,7 @@ class Step(StrEnum):
     START = "start"  # nothing under way
     MENU = "menu"  # the menu was shown; waiting for a choice
     ASK_DETAILS = "ask_details"  # what to correct / object to, the complaint, the cookies
+    ASK_IDENTITY = "ask_identity"  # cookies: the email or phone used with the business, or skip
     CONFIRM = "confirm"  # "You want us to ... Is that right?"
     FILING = "filing"  # FileTicket performed, waiting for TicketFiled
     ASK_EMAIL = "ask_email"  # filed; the email address the business knows them by
@@ -259,6 +267,13 @@ QUESTIONS: Mapping[RequestType, str] = {
         "Which cookies should we turn off? Reply with one or more numbers:\n{options}"
     ),
 }
+ASK_IDENTITY = _(
+    "So that {business} can apply this on its website, which email address or phone number "
+    "do you use there? Write a phone number with its country code, for example +923001234567. "
+    "If you would rather not say, write SKIP."
+)
+SKIP_LABEL = _("Skip")
+COOKIES_FOR = _("You want us to turn off these cookies for {identity}:\n{categories}")
 COOKIE_LABELS: Mapping[str, str] = {
     "analytics": _("Analytics cookies"),
     "advertising": _("Advertising cookies"),
@@ -312,6 +327,9 @@ OPTED_OUT = _(
 )
 OPTED_IN = _("You will receive messages from {business} again. Write STOP at any time to opt out.")
 COOKIES_OFF = _("Done: we have recorded that you refuse these cookies:\n{categories}")
+COOKIES_OFF_FOR = _(
+    "Done: we have recorded that you refuse these cookies for {identity}:\n{categories}"
+)
 
 CANCELLED = _("All right, we have stopped here. Write MENU to start again.")
 CANCELLED_VERIFY = _(
@@ -396,6 +414,7 @@ class ConversationState:
     kind: RequestType | None = None  # the request being made
     details: str = ""
     categories: tuple[str, ...] = ()  # cookie categories to refuse
+    identity: str = ""  # cookies: the email or E.164 phone given for them; "" when skipped
     words: str = ""  # what the customer wrote to choose the request (consent ledger)
     email: str | None = None
     pending_ref: str | None = None  # filed, awaiting the identity check
@@ -412,6 +431,7 @@ class ConversationState:
             "kind": self.kind.value if self.kind else None,
             "details": self.details,
             "categories": list(self.categories),
+            "identity": self.identity,
             "words": self.words,
             "email": self.email,
             "pending_ref": self.pending_ref,
@@ -455,6 +475,7 @@ class ConversationState:
             categories=tuple(
                 c for c in COOKIE_CATEGORIES if isinstance(categories, list) and c in categories
             ),
+            identity=text("identity") or "",
             words=text("words") or "",
             email=text("email"),
             pending_ref=text("pending_ref"),
@@ -606,6 +627,7 @@ class OptOut:
     kind: RequestType
     categories: tuple[str, ...]
     words: str
+    identity: str = ""  # cookies: the email or phone they apply to, as given; "" if skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,7 +689,14 @@ class Transition:
 
 # Steps a day-old answer must not continue; the identity steps wait for the request's expiry.
 _STALE_STEPS = frozenset(
-    {Step.MENU, Step.ASK_DETAILS, Step.CONFIRM, Step.FILING, Step.CHOOSE_LANGUAGE}
+    {
+        Step.MENU,
+        Step.ASK_DETAILS,
+        Step.ASK_IDENTITY,
+        Step.CONFIRM,
+        Step.FILING,
+        Step.CHOOSE_LANGUAGE,
+    }
 )
 _VERIFYING = frozenset({Step.ASK_EMAIL, Step.ASK_CODE})
 
@@ -687,7 +716,15 @@ def advance(state: ConversationState, event: Event, ctx: Context) -> Transition:
 def _reset(state: ConversationState, step: Step = Step.START) -> ConversationState:
     """Leave the dialogue; keep language, the request awaiting proof and the latest reference."""
     return replace(
-        state, step=step, kind=None, details="", categories=(), words="", email=None, back=None
+        state,
+        step=step,
+        kind=None,
+        details="",
+        categories=(),
+        identity="",
+        words="",
+        email=None,
+        back=None,
     )
 
 
@@ -736,7 +773,7 @@ def _read(event: Message) -> Intent:
         return Intent(IntentKind.UNKNOWN)
     if kind in (IntentKind.YES, IntentKind.NO, IntentKind.MENU, IntentKind.CANCEL):
         return Intent(kind)
-    if kind in (IntentKind.STATUS, IntentKind.RESEND, IntentKind.VERIFY):
+    if kind in (IntentKind.STATUS, IntentKind.RESEND, IntentKind.VERIFY, IntentKind.SKIP):
         return Intent(kind)
     return Intent(IntentKind.UNKNOWN)
 
@@ -837,6 +874,10 @@ def _cookie_buttons() -> tuple[Button, ...]:
     return tuple(buttons)
 
 
+def _skip_button() -> tuple[Button, ...]:
+    return (Button(msg(SKIP_LABEL), "skip"),)
+
+
 def _cookie_list(categories: Sequence[str]) -> tuple[Msg, ...]:
     return tuple(msg(BULLET, item=msg(COOKIE_LABELS[category])) for category in categories)
 
@@ -851,6 +892,10 @@ def _statement(state: ConversationState) -> Msg:
     assert state.kind is not None
     template = STATEMENTS[state.kind]
     if state.kind is RequestType.COOKIE_OPT_OUT:
+        if state.identity:
+            return msg(
+                COOKIES_FOR, identity=state.identity, categories=_cookie_list(state.categories)
+            )
         return msg(template, categories=_cookie_list(state.categories))
     if "{details}" in template:
         return msg(template, details=state.details)
@@ -878,6 +923,8 @@ def _prompt(state: ConversationState, ctx: Context) -> Reply:
     if step is Step.ASK_DETAILS and kind is not None and kind in QUESTIONS:
         buttons = _cookie_buttons() if kind is RequestType.COOKIE_OPT_OUT else ()
         return Reply(_question(kind), buttons)
+    if step is Step.ASK_IDENTITY and kind is RequestType.COOKIE_OPT_OUT and state.categories:
+        return Reply(msg(ASK_IDENTITY, business=ctx.business), _skip_button())
     if step is Step.CONFIRM and state.kind is not None:
         return Reply(msg(CONFIRM, statement=_statement(state)), _yes_no_buttons())
     if step is Step.FILING:
@@ -972,7 +1019,7 @@ def _choose(
     if kind is RequestType.COOKIE_OPT_OUT:
         categories = cookie_categories(sentence) if sentence else ()
         if categories:
-            return _confirm(replace(state, categories=categories))
+            return _ask_identity(replace(state, categories=categories), ctx)
         return _ask_details(state)
     if kind in DETAILS_NEEDED:
         if len(normalise(sentence).split()) >= DETAILS_FROM_SENTENCE:
@@ -992,6 +1039,11 @@ def _ask_details(state: ConversationState) -> tuple[ConversationState, Effects]:
     assert kind is not None
     buttons = _cookie_buttons() if kind is RequestType.COOKIE_OPT_OUT else ()
     return replace(state, step=Step.ASK_DETAILS), (Reply(_question(kind), buttons),)
+
+
+def _ask_identity(state: ConversationState, ctx: Context) -> tuple[ConversationState, Effects]:
+    state = replace(state, step=Step.ASK_IDENTITY, identity="")
+    return state, (Reply(msg(ASK_IDENTITY, business=ctx.business), _skip_button()),)
 
 
 def _confirm(state: ConversationState) -> tuple[ConversationState, Effects]:
@@ -1034,12 +1086,27 @@ def _at_details(
             categories = cookie_categories(event.text)
         if not categories:
             return _hint(state, ctx)
-        return _confirm(replace(state, categories=tuple(categories)))
+        return _ask_identity(replace(state, categories=tuple(categories)), ctx)
     text = event.text.strip()
     letters = sum(char.isalpha() for char in text)
     if letters < 3 or intent.kind in (IntentKind.YES, IntentKind.NO, IntentKind.THANKS):
         return _hint(state, ctx)
     return _confirm(replace(state, details=text[:MAX_DETAILS]))
+
+
+def _at_identity(
+    state: ConversationState, intent: Intent, event: Message, ctx: Context
+) -> tuple[ConversationState, Effects]:
+    """Cookies: the email address or phone number to apply them to, or none (skip, no)."""
+    if state.kind is not RequestType.COOKIE_OPT_OUT or not state.categories:
+        return _show_menu(state, ctx)
+    if intent.kind in (IntentKind.SKIP, IntentKind.NO):
+        return _confirm(replace(state, identity=""))
+    email = normalise_email(event.text) if intent.kind is IntentKind.EMAIL else None
+    given = email or normalise_phone(event.text)
+    if given is None:
+        return _hint(state, ctx)
+    return _confirm(replace(state, identity=given))
 
 
 def _at_confirm(
@@ -1055,9 +1122,15 @@ def _at_confirm(
                 Reply(msg(OPTED_OUT, business=ctx.business)),
             )
         if kind is RequestType.COOKIE_OPT_OUT:
+            categories = _cookie_list(state.categories)
+            done = (
+                msg(COOKIES_OFF_FOR, identity=state.identity, categories=categories)
+                if state.identity
+                else msg(COOKIES_OFF, categories=categories)
+            )
             return _reset(state), (
-                OptOut(kind, state.categories, state.words),
-                Reply(msg(COOKIES_OFF, categories=_cookie_list(state.categories))),
+                OptOut(kind, state.categories, state.words, state.identity),
+                Reply(done),
             )
         needs = kind in ctx.needs_proof
         return replace(state, step=Step.FILING), (
@@ -1125,6 +1198,7 @@ _STEPS = {
     Step.START: _at_menu,
     Step.MENU: _at_menu,
     Step.ASK_DETAILS: _at_details,
+    Step.ASK_IDENTITY: _at_identity,
     Step.CONFIRM: _at_confirm,
     Step.FILING: _at_filing,
     Step.ASK_EMAIL: _at_email,

@@ -421,6 +421,9 @@ class _Run:
 
     async def opt_out(self, effect: OptOut) -> None:
         requester_id = await self._requester_id()
+        # Cookies: the email or phone as given. Unverified, so it is not made a contact of the
+        # requester (it may be someone else's; a verified contact must not be taken over).
+        identity = effect.identity or None
         ticket = await tickets.create_ticket(
             self.session,
             tenant=self.tenant.slug,
@@ -431,7 +434,7 @@ class _Run:
             status=TicketStatus.RESOLVED,
             language=self.conversation.language or self.tenant.default_language,
             requester_id=requester_id,
-            details=", ".join(effect.categories) or None,
+            details=_opt_out_details(effect),
             due_at=self.inbound.received_at,
             clock_started_at=self.inbound.received_at,
         )
@@ -452,14 +455,16 @@ class _Run:
                 words=effect.words,
                 ticket_id=ticket.id,
                 now=self.now,
+                identity=identity,
             )
+        data: dict[str, Any] = {
+            "status": str(TicketStatus.RESOLVED),
+            "categories": list(categories),
+        }
+        if effect.kind == RequestType.COOKIE_OPT_OUT:
+            data["identity"] = identity
         await tickets.add_event(
-            self.session,
-            ticket,
-            actor="system",
-            kind="resolved",
-            at=self.now,
-            data={"status": str(TicketStatus.RESOLVED), "categories": list(categories)},
+            self.session, ticket, actor="system", kind="resolved", at=self.now, data=data
         )
         log.info("opt-out %s recorded as %s", effect.kind, ticket.ref)
 
@@ -577,6 +582,18 @@ class _Run:
 
     def _when(self, moment: datetime, language: str) -> str:
         return format_time(moment.astimezone(self.tenant.zone), "short", locale=language)
+
+
+def _opt_out_details(effect: OptOut) -> str | None:
+    """What staff and the admin page read on the resolved ticket: the categories and, for
+    cookies, whom the business is to apply them to on its website."""
+    categories = ", ".join(effect.categories)
+    if effect.kind != RequestType.COOKIE_OPT_OUT:
+        return categories or None
+    if not effect.identity:
+        return f"{categories}\nfor: no email or phone number given"
+    kind = "email" if "@" in effect.identity else "phone"
+    return f"{categories}\nfor {kind}: {effect.identity}"
 
 
 def _keyboard(buttons: tuple[Button, ...], language: str) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Pure functions, no I/O. `normalise` folds the many ways people type the same word
 (case, Arabic diacritics and letter variants, Urdu letters typed on an Arabic keyboard,
 Arabic-Indic digits, emoji and punctuation). `classify` maps one message to an `Intent`:
-a command (stop, start, menu, status, cancel, language...), an answer (yes, no, a menu
-number, an email address, a 6-digit code) or one of the ten request types, scored from
+a command (stop, start, menu, status, cancel, language...), an answer (yes, no, skip, a
+menu number, an email address, a 6-digit code) or one of the ten request types, scored from
 keywords and phrases in English, Arabic, Urdu and Roman Urdu, tolerant of small typos.
 
 The keyword lists that customers rely on (opt-out, opt-in) are module constants so that
@@ -36,6 +36,8 @@ __all__ = [
     "cookie_categories",
     "find_ref",
     "normalise",
+    "normalise_email",
+    "normalise_phone",
     "score_requests",
 ]
 
@@ -53,6 +55,7 @@ class IntentKind(StrEnum):
     VERIFY = "verify"  # resume the identity check of a request left unverified
     RESEND = "resend"  # send the verification code again
     THANKS = "thanks"
+    SKIP = "skip"  # leave out an optional answer (the identity a cookie opt-out applies to)
     NUMBER = "number"  # a menu number, in `number`
     EMAIL = "email"
     CODE = "code"  # six digits, in `code`
@@ -548,6 +551,23 @@ _RESEND_CUES = (
     _cue("کوڈ نہیں"),
     _cue("code nahi"),
 )
+_SKIP = _vocabulary(
+    "skip",
+    "skp",
+    "تخطي",
+    "تخطى",
+    "تخط",
+    "تجاوز",
+    "اسكب",
+    "اسکپ",
+    "چھوڑیں",
+    "چھوڑ",
+    "چھوڑو",
+    "chhoro",
+    "chorein",
+    "chorain",
+)
+_SKIP_ALONG = _vocabulary("دیں", "دو", "de", "dein", "do")  # "چھوڑ دیں", "chhor do"
 _NUMBER_WORDS = _vocabulary("number", "option", "no", "رقم", "خيار", "نمبر", "آپشن")
 _THUMBS_UP = frozenset("👍✅✔☑👌")
 _THUMBS_DOWN = frozenset("👎❌✖")
@@ -584,6 +604,65 @@ def _email(text: str) -> str | None:
         return None
     local, _, domain = match[0].partition("@")
     return f"{local}@{domain.lower()}"
+
+
+# --- email addresses and phone numbers -----------------------------------------------
+
+_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_TLD = re.compile(r"(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})")
+_STRIP = "<>()[]\"'«»“”‘’,;:.!?،؛؟"
+
+
+def normalise_email(text: str) -> str | None:
+    """The one email address in `text`, with its domain lower-cased; None when there is none.
+
+    "my email is Sara@Example.COM." gives `Sara@example.com`. The local part keeps its case
+    (it is the mail server's to interpret) and must be plain ASCII (dot-atom); the domain
+    needs at least two labels and a real top-level part; internationalised domains are
+    turned into their ASCII (punycode) form. Text with two addresses is ambiguous: None.
+    """
+    cleaned = "".join(
+        char for char in unicodedata.normalize("NFKC", text) if unicodedata.category(char) != "Cf"
+    )
+    tokens = [token.strip(_STRIP) for token in cleaned.split() if "@" in token]
+    if len(tokens) != 1:
+        return None
+    candidate = tokens[0].removeprefix("mailto:")
+    local, at, domain = candidate.rpartition("@")
+    if not at or not _LOCAL.fullmatch(local) or len(local) > 64:
+        return None
+    try:
+        domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    if not _TLD.fullmatch(labels[-1]):
+        return None
+    address = f"{local}@{domain}"
+    return address if len(address) <= 254 else None
+
+
+# "+" or "00", then the country code (never 0) and the rest: spaces, dashes, dots, brackets.
+_PHONE = re.compile(r"(?<![\w+])(?:\+|00)[\s\-.()]*[1-9](?:[\s\-.()]*\d)+")
+_PHONE_DIGITS = range(8, 16)  # E.164 allows 15 digits with the country code
+
+
+def normalise_phone(text: str) -> str | None:
+    """The one international phone number in `text` in E.164 form (`+923001234567`), else None.
+
+    It must start with + (or 00) and its country code: a local number ("0300 1234567") names
+    no country. Arabic-Indic digits are read; two numbers in one message are ambiguous.
+    """
+    found = _PHONE.findall(_plain(text))
+    if len(found) != 1:
+        return None
+    digits = "".join(char for char in found[0].strip().removeprefix("+") if char.isdigit())
+    if found[0].strip().startswith("00"):
+        digits = digits[2:]
+    return f"+{digits}" if len(digits) in _PHONE_DIGITS else None
 
 
 def _only(words: tuple[str, ...], allowed: frozenset[str]) -> bool:
@@ -667,6 +746,10 @@ def classify(text: str) -> Intent:
             return Intent(IntentKind.MENU)
         if _only(words, _THANKS | _FILLER | _NEUTRAL):
             return Intent(IntentKind.THANKS)
+        if _only(words, _SKIP | _SKIP_ALONG | _FILLER | _NEUTRAL) and any(
+            word in _SKIP for word in words
+        ):
+            return Intent(IntentKind.SKIP)
         language = _language_named(content)
         if language is not None and len(content) <= 2:
             return Intent(IntentKind.LANGUAGE, language=language)

@@ -38,6 +38,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.logs import mask_email
 from bot.mail import Mailer, MailError, verification_email
+from bot.understanding import normalise_email
 from storage.db import SessionFactory, transaction
 from storage.models import Ticket, VerificationCode
 from storage.tickets import add_event
@@ -142,45 +143,6 @@ def normalise_code(text: str) -> str | None:
         if not char.isspace() and char not in _SEPARATORS and unicodedata.category(char) != "Cf"
     )
     return kept if _CODE.fullmatch(kept) else None
-
-
-# --- email addresses -------------------------------------------------------------------
-
-_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_TLD = re.compile(r"(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})")
-_STRIP = "<>()[]\"'«»“”‘’,;:.!?،؛؟"
-
-
-def normalise_email(text: str) -> str | None:
-    """The one email address in `text`, with its domain lower-cased; None when there is none.
-
-    "my email is Sara@Example.COM." gives `Sara@example.com`. The local part keeps its case
-    (it is the mail server's to interpret) and must be plain ASCII (dot-atom); the domain
-    needs at least two labels and a real top-level part; internationalised domains are
-    turned into their ASCII (punycode) form. Text with two addresses is ambiguous: None.
-    """
-    cleaned = "".join(
-        char for char in unicodedata.normalize("NFKC", text) if unicodedata.category(char) != "Cf"
-    )
-    tokens = [token.strip(_STRIP) for token in cleaned.split() if "@" in token]
-    if len(tokens) != 1:
-        return None
-    candidate = tokens[0].removeprefix("mailto:")
-    local, at, domain = candidate.rpartition("@")
-    if not at or not _LOCAL.fullmatch(local) or len(local) > 64:
-        return None
-    try:
-        domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return None
-    labels = domain.split(".")
-    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
-        return None
-    if not _TLD.fullmatch(labels[-1]):
-        return None
-    address = f"{local}@{domain}"
-    return address if len(address) <= 254 else None
 
 
 # --- storage ---------------------------------------------------------------------------

@@ -268,4 +268,5 @@ SEALED_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("inbound_message", "payload", True),
     ("outbound_message", "payload", True),
     ("verification_code", "email", False),
+    ("consent_record", "identity", False),
 )

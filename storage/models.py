@@ -224,6 +224,9 @@ class ConsentRecord(SQLModel, table=True):
     channel: str = Field(max_length=16)
     address: str = Field(max_length=320)
     category: str = Field(max_length=40)  # marketing | cookies:analytics | ...
+    # Cookies: the email address or phone number the customer said they use with the
+    # business (its website), as given and not verified; NULL when none was given.
+    identity: str | None = _sealed("consent_record.identity", nullable=True)
     granted: bool
     words: str | None = Field(default=None, max_length=200)
     ticket_id: int | None = Field(default=None, foreign_key="ticket.id")

@@ -159,8 +159,13 @@ async def record_consent(
     words: str,
     ticket_id: int | None,
     now: datetime,
+    identity: str | None = None,
 ) -> None:
-    """Write the ledger line and bring the suppression list in line with it."""
+    """Write the ledger line and bring the suppression list in line with it.
+
+    `identity` is the email or phone a cookie choice applies to on the business's website:
+    kept sealed in the ledger line; the suppression list stays keyed by the chat address.
+    """
     session.add(
         ConsentRecord(
             tenant=tenant,
@@ -168,6 +173,7 @@ async def record_consent(
             channel=channel,
             address=address,
             category=category,
+            identity=identity,
             granted=granted,
             words=words[:200],
             ticket_id=ticket_id,

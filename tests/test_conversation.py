@@ -100,7 +100,10 @@ CONFIRM_ERASE = ConversationState(
 )
 CONFIRM_COMPLAIN = replace(CONFIRM_ERASE, kind=COMPLAINT, details="You lost my file", words="10")
 CONFIRM_MARKETING = replace(CONFIRM_ERASE, kind=MARKETING, words="8")
+IDENTITY_COOKIES = replace(DETAILS_COOKIES, step=Step.ASK_IDENTITY, categories=("analytics",))
 CONFIRM_COOKIES = replace(CONFIRM_ERASE, kind=COOKIES, categories=("analytics",), words="9")
+CONFIRM_COOKIES_FOR = replace(CONFIRM_COOKIES, identity=EMAIL)
+PHONE = "+923001234567"
 FILING = ConversationState(step=Step.FILING, language="en", kind=ERASURE, words="3")
 ASK_EMAIL = ConversationState(step=Step.ASK_EMAIL, language="en", pending_ref=REF, last_ref=REF)
 ASK_CODE = replace(ASK_EMAIL, step=Step.ASK_CODE, email=EMAIL)
@@ -116,10 +119,12 @@ EVERY_STEP = {
     "details_object": DETAILS_OBJECT,
     "details_complain": DETAILS_COMPLAIN,
     "details_cookies": DETAILS_COOKIES,
+    "identity_cookies": IDENTITY_COOKIES,
     "confirm_erase": CONFIRM_ERASE,
     "confirm_complain": CONFIRM_COMPLAIN,
     "confirm_marketing": CONFIRM_MARKETING,
     "confirm_cookies": CONFIRM_COOKIES,
+    "confirm_cookies_for": CONFIRM_COOKIES_FOR,
     "filing": FILING,
     "ask_email": ASK_EMAIL,
     "ask_code": ASK_CODE,
@@ -179,9 +184,26 @@ STEPS_TABLE = [
     (DETAILS_OBJECT, "profiling for adverts", Step.CONFIRM, (c.CONFIRM,)),
     (DETAILS_COMPLAIN, "نمبر کسی اور کو دے دیا گیا", Step.CONFIRM, (c.CONFIRM,)),
     (DETAILS_COMPLAIN, "delete my data", Step.CONFIRM, (c.CONFIRM,)),
-    (DETAILS_COOKIES, "1 3", Step.CONFIRM, (c.CONFIRM,)),
-    (DETAILS_COOKIES, "الكل", Step.CONFIRM, (c.CONFIRM,)),
+    (DETAILS_COOKIES, "1 3", Step.ASK_IDENTITY, (c.ASK_IDENTITY,)),
+    (DETAILS_COOKIES, "الكل", Step.ASK_IDENTITY, (c.ASK_IDENTITY,)),
     (DETAILS_COOKIES, "blah", Step.ASK_DETAILS, (c.NOT_UNDERSTOOD,)),
+    # cookies: whom to apply them to, an email or an international phone number, or skipped
+    (IDENTITY_COOKIES, "ali@example.com", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "it is Ali@Example.COM.", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "+92 300 1234567", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "٠٠٩٢٣٠٠١٢٣٤٥٦٧", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "skip", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "تخطي", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "چھوڑ دیں", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "no", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "03001234567", Step.ASK_IDENTITY, (c.NOT_UNDERSTOOD,)),
+    (IDENTITY_COOKIES, "+12", Step.ASK_IDENTITY, (c.NOT_UNDERSTOOD,)),
+    (IDENTITY_COOKIES, "ali@example", Step.ASK_IDENTITY, (c.NOT_UNDERSTOOD,)),
+    (IDENTITY_COOKIES, "a@example.com b@example.com", Step.ASK_IDENTITY, (c.NOT_UNDERSTOOD,)),
+    (IDENTITY_COOKIES, "123456", Step.ASK_IDENTITY, (c.NOT_UNDERSTOOD,)),
+    (IDENTITY_COOKIES, "yes", Step.ASK_IDENTITY, (c.NOT_UNDERSTOOD,)),
+    (IDENTITY_COOKIES, "cancel", Step.START, (c.CANCELLED,)),
+    (IDENTITY_COOKIES, "menu", Step.MENU, (c.MENU,)),
     # confirmation
     (CONFIRM_ERASE, "yes", Step.FILING, (FileTicket(ERASURE, "", True, "delete my data"),)),
     (CONFIRM_ERASE, "نعم", Step.FILING, (FileTicket(ERASURE, "", True, "delete my data"),)),
@@ -194,6 +216,8 @@ STEPS_TABLE = [
      Step.FILING, (FileTicket(COMPLAINT, "You lost my file", False, "10"),)),
     (CONFIRM_MARKETING, "yes", Step.START, (OptOut(MARKETING, ("marketing",), "8"), c.OPTED_OUT)),
     (CONFIRM_COOKIES, "👍", Step.START, (OptOut(COOKIES, ("analytics",), "9"), c.COOKIES_OFF)),
+    (CONFIRM_COOKIES_FOR, "yes",
+     Step.START, (OptOut(COOKIES, ("analytics",), "9", EMAIL), c.COOKIES_OFF_FOR)),
     # waiting for the ticket to be filed
     (FILING, "are you there", Step.FILING, (c.FILING_WAIT,)),
     (FILING, "yes", Step.FILING, (c.FILING_WAIT,)),
@@ -233,6 +257,11 @@ def test_steps(state: ConversationState, text: str, step: Step, effects: tuple[o
 def test_the_next_state_keeps_what_the_step_learned() -> None:
     assert say(DETAILS_RECTIFY, "my surname is Khan").state.details == "my surname is Khan"
     assert say(DETAILS_COOKIES, "1 3").state.categories == ("analytics", "functional")
+    assert say(IDENTITY_COOKIES, "Ali@Example.com").state.identity == "Ali@example.com"
+    assert say(IDENTITY_COOKIES, "+92 (300) 123-4567").state.identity == PHONE
+    assert say(IDENTITY_COOKIES, "0092 300 1234567").state.identity == PHONE
+    assert say(replace(IDENTITY_COOKIES, identity=EMAIL), "skip").state.identity == ""
+    assert say(IDENTITY_COOKIES, "skip").state.categories == ("analytics",)
     assert say(ASK_EMAIL, "ali@example.com").state.email == EMAIL
     assert say(ASK_CODE, "sara@example.com").state.email == "sara@example.com"
     assert say(CONFIRM_ERASE, "a copy of my data please").state.kind is RequestType.ACCESS
@@ -264,6 +293,8 @@ def _walk(kind: RequestType, first: Message) -> list[Transition]:
     steps = [advance(START, first, CTX)]
     if steps[-1].state.step is Step.ASK_DETAILS:
         steps.append(say(steps[-1].state, details))
+    if steps[-1].state.step is Step.ASK_IDENTITY:
+        steps.append(say(steps[-1].state, EMAIL))
     assert steps[-1].state.step is Step.CONFIRM
     assert steps[-1].replies[-1].key == c.CONFIRM
     steps.append(say(steps[-1].state, "yes"))
@@ -288,8 +319,8 @@ def test_every_request_type(kind: RequestType, how: str) -> None:
     confirmed = steps[-1] if kind in c.OPT_OUTS else steps[-2]
     effect = confirmed.effects[0]
     if kind is COOKIES:
-        assert effect == OptOut(COOKIES, ("advertising",), confirmed_words(steps))
-        assert summary(steps[-1]) == (Step.START, (effect, c.COOKIES_OFF))
+        assert effect == OptOut(COOKIES, ("advertising",), confirmed_words(steps), EMAIL)
+        assert summary(steps[-1]) == (Step.START, (effect, c.COOKIES_OFF_FOR))
     elif kind is MARKETING:
         assert effect == OptOut(MARKETING, ("marketing",), confirmed_words(steps))
         assert summary(steps[-1]) == (Step.START, (effect, c.OPTED_OUT))
@@ -335,7 +366,38 @@ def test_a_sentence_long_enough_is_taken_as_the_details() -> None:
     assert summary(t) == (Step.CONFIRM, (c.CONFIRM,))
     assert t.state.details == text
     t = say(START, "turn off advertising cookies")
-    assert (t.state.step, t.state.categories) == (Step.CONFIRM, ("advertising",))
+    assert (t.state.step, t.state.categories) == (Step.ASK_IDENTITY, ("advertising",))
+
+
+def test_cookie_opt_out_names_whom_it_applies_to_or_skips_it() -> None:
+    asked = say(START, "turn off analytics cookies")
+    assert summary(asked) == (Step.ASK_IDENTITY, (c.ASK_IDENTITY,))
+    assert asked.replies[0].message.get("business") == "Optician Dynamics"
+    assert [b.data for b in asked.replies[0].buttons] == ["skip"]
+    # Given: the confirmation and the acknowledgement both name it; no code is ever sent.
+    confirm = say(asked.state, "my number is +92 300 1234567")
+    text = render(confirm.replies[0].message, "en")
+    assert text.startswith(f"You want us to turn off these cookies for {PHONE}:\n• Analytics")
+    done = say(confirm.state, "yes")
+    assert done.effects[0] == OptOut(COOKIES, ("analytics",), "turn off analytics cookies", PHONE)
+    assert render(done.replies[0].message, "en") == (
+        f"Done: we have recorded that you refuse these cookies for {PHONE}:\n• Analytics cookies"
+    )
+    assert not any(isinstance(e, (SendCode, CheckCode)) for e in confirm.effects + done.effects)
+    # Skipped (a button on Telegram): the opt-out goes ahead without one.
+    skipped = say(asked.state, button="skip")
+    assert render(skipped.replies[0].message, "en").startswith(
+        "You want us to turn off these cookies for you:"
+    )
+    done = say(skipped.state, "yes")
+    assert done.effects[0] == OptOut(COOKIES, ("analytics",), "turn off analytics cookies")
+    assert summary(done)[1][1] == c.COOKIES_OFF
+    # In Arabic and Urdu the address keeps its own direction.
+    for language in ("ar", "ur"):
+        shown = render(
+            say(replace(asked.state, language=language), EMAIL).replies[0].message, language
+        )
+        assert f"{FSI}{EMAIL}{PDI}" in shown, shown
 
 
 def test_request_not_offered_points_to_the_privacy_email() -> None:
@@ -536,9 +598,11 @@ BUTTONS = [
     (START, "kind:nonsense", Step.MENU, (c.WELCOME,)),
     (CONFIRM_ERASE, "yes", Step.FILING, (FileTicket(ERASURE, "", True, "delete my data"),)),
     (CONFIRM_ERASE, "no", Step.MENU, (c.AFTER_NO,)),
-    (DETAILS_COOKIES, "cookie:all", Step.CONFIRM, (c.CONFIRM,)),
-    (DETAILS_COOKIES, "cookie:analytics", Step.CONFIRM, (c.CONFIRM,)),
+    (DETAILS_COOKIES, "cookie:all", Step.ASK_IDENTITY, (c.ASK_IDENTITY,)),
+    (DETAILS_COOKIES, "cookie:analytics", Step.ASK_IDENTITY, (c.ASK_IDENTITY,)),
     (DETAILS_COOKIES, "cookie:", Step.ASK_DETAILS, (c.NOT_UNDERSTOOD,)),
+    (IDENTITY_COOKIES, "skip", Step.CONFIRM, (c.CONFIRM,)),
+    (IDENTITY_COOKIES, "cookie:all", Step.ASK_IDENTITY, (c.NOT_UNDERSTOOD,)),
     (ASK_CODE, "resend", Step.ASK_CODE, (SendCode(REF, EMAIL),)),
     (CHOOSING, "lang:ur", Step.CONFIRM, (c.LANGUAGE_SET, c.CONFIRM)),
     (CHOOSING, "lang:fr", Step.CHOOSE_LANGUAGE, (c.CHOOSE_LANGUAGE,)),
@@ -564,6 +628,8 @@ def test_buttons_where_telegram_shows_them() -> None:
         "cookie:functional",
         "cookie:all",
     ]
+    assert [b.data for b in say(MENU, "9").replies[0].buttons][-1] == "cookie:all"
+    assert [b.data for b in say(DETAILS_COOKIES, "1").replies[0].buttons] == ["skip"]
     assert [b.data for b in say(START, "language").replies[0].buttons] == [
         "lang:en",
         "lang:ar",
@@ -625,6 +691,11 @@ def test_an_old_confirmation_is_not_answered_by_a_new_yes() -> None:
     assert summary(say(old, "yes")) == (Step.MENU, (c.WELCOME,))
     recent = replace(CONFIRM_ERASE, updated_at=NOW - timedelta(hours=3))
     assert say(recent, "yes").state.step is Step.FILING
+
+
+def test_an_old_cookie_question_starts_over() -> None:
+    old = replace(IDENTITY_COOKIES, updated_at=NOW - timedelta(days=2))
+    assert summary(say(old, EMAIL)) == (Step.MENU, (c.WELCOME,))
 
 
 def test_the_identity_steps_do_not_go_stale() -> None:
@@ -731,7 +802,7 @@ def test_plural_entries_have_every_form() -> None:
 
 
 QUOTED = {"ar": re.compile("«([^»]+)»"), "ur": re.compile('"([^"]+)"')}
-KEYWORDS = re.compile(r"\b(STATUS|LANGUAGE|MENU|VERIFY|RESEND|START|STOP|CANCEL)\b")
+KEYWORDS = re.compile(r"\b(STATUS|LANGUAGE|MENU|VERIFY|RESEND|START|STOP|CANCEL|SKIP)\b")
 
 
 @pytest.mark.parametrize("language", ["ar", "ur"])
@@ -748,6 +819,7 @@ def test_keywords_in_translations_are_understood(language: str) -> None:
                 seen.add(kind)
     assert {IntentKind.MENU, IntentKind.STATUS, IntentKind.VERIFY, IntentKind.RESEND} <= seen
     assert {IntentKind.START, IntentKind.CANCEL, IntentKind.YES, IntentKind.NO} <= seen
+    assert IntentKind.SKIP in seen
 
 
 def test_keywords_in_english_texts_are_understood() -> None:
@@ -760,6 +832,7 @@ def test_keywords_in_english_texts_are_understood() -> None:
         "START": IntentKind.START,
         "STOP": IntentKind.STOP,
         "CANCEL": IntentKind.CANCEL,
+        "SKIP": IntentKind.SKIP,
     }
     found = {word for msgid in _msgids() for word in KEYWORDS.findall(msgid)}
     assert found == set(expected)
@@ -806,6 +879,8 @@ def test_every_reply_renders(language: str) -> None:
         *c.STATEMENTS.values(),
         *c.QUESTIONS.values(),
         *c.COOKIE_LABELS.values(),
+        c.COOKIES_FOR,
+        c.SKIP_LABEL,
         *c.STATUS_NAMES.values(),
         c.ALL_COOKIES,
         c.MENU_LINE,
@@ -837,12 +912,13 @@ TEXTS = [
     "ہاں", "نہیں", "1", "3", "9", "10", "42", "٣", "123456", "١٢٣٤٥٦", "ali@example.com",
     "delete my data", "احذف بياناتي", "میرا ڈیٹا حذف کریں", "turn off cookies", "1 2",
     "my surname is wrong, it is Khan", "I want to complain", "stop sending me ads", "thanks",
-    "🤷", "", "  ", "OD-2026-00042",
+    "🤷", "", "  ", "OD-2026-00042", "skip", "تخطي", "+92 300 1234567", "03001234567",
+    "sara@example.com",
 ]  # fmt: skip
 BUTTON_DATA = [
     "yes", "no", "menu", "cancel", "resend", "status", "verify", "kind:erasure",
     "kind:cookie_opt_out", "kind:complaint", "kind:bogus", "lang:ar", "lang:xx", "cookie:all",
-    "cookie:analytics", "cookie:", "junk", "",
+    "cookie:analytics", "cookie:", "junk", "", "skip",
 ]  # fmt: skip
 
 

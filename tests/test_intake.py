@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from babel.dates import format_date
 from sqlmodel import select
 
@@ -202,6 +203,89 @@ async def test_stop_opts_out_at_once_with_one_acknowledgement(database_url: str)
         assert ledger[0].granted is False and ledger[0].words == "STOP"
         tickets = await _rows(database_url, Ticket)
         assert tickets[0].kind == "marketing_opt_out" and tickets[0].status == TicketStatus.RESOLVED
+
+
+async def test_cookie_opt_out_records_the_categories_and_whom_they_apply_to(
+    database_url: str,
+) -> None:
+    """Issue 4 item 7: the declined categories, for the identity given (or none: skipped),
+    in the consent ledger and on a resolved ticket; no code is sent for the identity."""
+    async with desk(database_url) as (svc, mailbox):
+        customer = WhatsAppCustomer(svc)
+        assert "Which cookies" in await customer.say("turn off cookies")
+        asked = await customer.say("1 2")
+        assert asked == (
+            "So that Optician Dynamics can apply this on its website, which email address or "
+            "phone number do you use there? Write a phone number with its country code, for "
+            "example +923001234567. If you would rather not say, write SKIP."
+        )
+        assert (await customer.say("0300 1234567")).startswith("Sorry, I did not understand")
+        assert await customer.say("it is Sara@Example.COM") == (
+            "You want us to turn off these cookies for Sara@example.com:\n"
+            "• Analytics cookies\n• Advertising cookies\n"
+            "Is that right? Please answer yes or no."
+        )
+        assert await customer.say("yes") == (
+            "Done: we have recorded that you refuse these cookies for Sara@example.com:\n"
+            "• Analytics cookies\n• Advertising cookies"
+        )
+
+        # On Telegram, the Skip button: the opt-out goes ahead without an identity.
+        telegram = TelegramCustomer(svc, 8800002)
+        await telegram.say("/start optician-dynamics")
+        asked = await telegram.say("I refuse advertising cookies")
+        assert "phone number" in asked
+        (question,) = [m for m in svc.telegram.messages_in(8800002) if m["text"] == asked]
+        buttons = question["reply_markup"]["inline_keyboard"]
+        assert buttons == [[{"text": "Skip", "callback_data": "skip"}]]
+        before = len(telegram.inbox())
+        update = svc.telegram.callback_query_update(8800002, question["message_id"], "skip")
+        assert (await svc.post_telegram(update)).status == 200
+        await eventually(lambda: len(telegram.inbox()) > before)
+        assert telegram.inbox()[-1].startswith("You want us to turn off these cookies for you:")
+        assert await telegram.say("yes") == (
+            "Done: we have recorded that you refuse these cookies:\n• Advertising cookies"
+        )
+
+        tickets = sorted(await _rows(database_url, Ticket), key=lambda t: t.id)
+        assert [(t.kind, t.channel, t.status) for t in tickets] == [
+            ("cookie_opt_out", "whatsapp", TicketStatus.RESOLVED),
+            ("cookie_opt_out", "telegram", TicketStatus.RESOLVED),
+        ]
+        assert all(t.closed_at is not None for t in tickets)
+        assert tickets[0].details == "analytics, advertising\nfor email: Sara@example.com"
+        assert tickets[1].details == "advertising\nfor: no email or phone number given"
+        ledger = sorted(await _rows(database_url, ConsentRecord), key=lambda r: r.id)
+        assert [
+            (r.channel, r.address, r.category, r.granted, r.identity, r.words, r.ticket_id)
+            for r in ledger
+        ] == [
+            ("whatsapp", CUSTOMER, "cookies:analytics", False, "Sara@example.com",
+             "turn off cookies", tickets[0].id),
+            ("whatsapp", CUSTOMER, "cookies:advertising", False, "Sara@example.com",
+             "turn off cookies", tickets[0].id),
+            ("telegram", "8800002", "cookies:advertising", False, None,
+             "I refuse advertising cookies", tickets[1].id),
+        ]  # fmt: skip
+        resolved = {
+            e.ticket_id: e.data
+            for e in await _rows(database_url, TicketEvent)
+            if e.kind == "resolved"
+        }
+        assert resolved[tickets[0].id]["identity"] == "Sara@example.com"
+        assert resolved[tickets[1].id]["identity"] is None
+        # The identity is sealed at rest like other personal data, and never mailed a code.
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                stored = (
+                    await conn.execute(sa.text("SELECT identity FROM consent_record"))
+                ).scalars()
+                assert not any(v and "Sara" in v for v in stored)
+        finally:
+            await engine.dispose()
+        assert mailbox.messages == []
+        assert svc.twilio.violations == [] and svc.telegram.violations == []
 
 
 async def test_telegram_complaint_in_arabic_needs_no_verification(database_url: str) -> None:

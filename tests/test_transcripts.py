@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from storage.db import create_engine, session_factory
 from storage.enums import RequestType, TicketStatus
-from storage.models import Conversation, Suppression, Ticket
+from storage.models import ConsentRecord, Conversation, Suppression, Ticket
 from tests.conftest import TENANTS_DIR
 from tests.service import eventually, running_service
 from tests.test_intake import TelegramCustomer, WhatsAppCustomer, _code_in
@@ -102,6 +102,8 @@ async def drive(
                 if kind is RequestType.COOKIE_OPT_OUT
                 else ("My address on file is wrong, it should be 12 Garden Road")
             )
+        elif step == "ask_identity":  # cookies: whom to apply them to; Telegram skips it
+            answer = email if channel == "whatsapp" else "skip"
         elif step == "confirm":
             answer = "yes"
         elif step == "ask_email":
@@ -166,6 +168,14 @@ async def test_every_request_type_on_both_channels(
                     else {"cookies:analytics", "cookies:advertising"}
                 )
                 assert categories == expected
+                ledger = await rows(database_url, ConsentRecord)
+                assert {(r.category, r.ticket_id) for r in ledger} == {
+                    (category, ticket.id) for category in expected
+                }
+                given = (
+                    email if kind is RequestType.COOKIE_OPT_OUT and channel == "whatsapp" else None
+                )
+                assert {r.identity for r in ledger} == {given}
             else:
                 assert ticket.status == TicketStatus.OPEN, said
                 assert ticket.due_at is not None

@@ -17,6 +17,7 @@ from bot.understanding import (
     cookie_categories,
     find_ref,
     normalise,
+    normalise_phone,
 )
 from storage.enums import RequestType
 
@@ -457,6 +458,49 @@ def test_find_ref(text: str, ref: str | None) -> None:
 )
 def test_cookie_categories(text: str, categories: tuple[str, ...]) -> None:
     assert cookie_categories(text) == categories
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("skip", IntentKind.SKIP),
+        ("SKIP please", IntentKind.SKIP),
+        ("skip it", IntentKind.SKIP),
+        ("تخطي", IntentKind.SKIP),
+        ("تجاوز", IntentKind.SKIP),
+        ("چھوڑیں", IntentKind.SKIP),
+        ("چھوڑ دیں", IntentKind.SKIP),
+        ("اسکپ", IntentKind.SKIP),
+        ("chhoro", IntentKind.SKIP),
+        ("no", IntentKind.NO),  # declining stays a "no"; the cookie step reads both
+        ("skip the marketing messages", IntentKind.REQUEST),
+    ],
+)
+def test_skip(text: str, kind: IntentKind) -> None:
+    assert classify(text).kind is kind
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("+923001234567", "+923001234567"),
+        ("+92 300 1234567", "+923001234567"),
+        ("+92 (300) 123-4567", "+923001234567"),
+        ("0092 300 1234567", "+923001234567"),
+        ("my number is +962 79 123 4567.", "+962791234567"),
+        ("+٩٢٣٠٠١٢٣٤٥٦٧", "+923001234567"),
+        ("۰۰۹۲۳۰۰۱۲۳۴۵۶۷", "+923001234567"),
+        ("03001234567", None),  # no country code: which country?
+        ("+0300 1234567", None),
+        ("+92 300", None),
+        ("+1234567890123456", None),  # longer than E.164 allows
+        ("+92 300 1234567 or +962 79 123 4567", None),
+        ("OD-2026-00042", None),
+        ("ali@example.com", None),
+    ],
+)
+def test_normalise_phone(text: str, phone: str | None) -> None:
+    assert normalise_phone(text) == phone
 
 
 @given(st.text(max_size=200))
