@@ -4,7 +4,8 @@ before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
 - `sqlite-one-connection`: the SQLite engine keeps a single pooled connection, so writers
   queue on the pool (an await, first come first served) instead of in SQLite's busy
   handler, which sleeps 1, 2, 5 … up to 100 ms between tries;
-- `pg-no-pre-ping`: no `pool_pre_ping` on PostgreSQL, saving a round trip per checkout.
+- `pg-no-pre-ping`: no `pool_pre_ping` on PostgreSQL, saving a round trip per checkout;
+- `uvloop`: the event loop of uvloop (libuv) instead of asyncio's own.
 
     BENCH_VARIANT=sqlite-one-connection DATABASE_URL=... python -m bench.serve_variant
 """
@@ -39,6 +40,12 @@ _original: Any = storage.db.create_engine
 
 
 def main() -> None:
+    if "uvloop" in os.environ.get("BENCH_VARIANT", ""):
+        import asyncio
+
+        import uvloop  # not a project dependency: `pip install uvloop` to try it
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     storage.db.create_engine = _patched_create_engine  # type: ignore[assignment]
     import bot.app
     import bot.cli

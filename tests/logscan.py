@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import said
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "var" / "test-logs"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -90,13 +92,17 @@ def scan_text(text: str, allowed: set[str]) -> list[str]:
 
 def scan_files(paths: list[Path]) -> Scan:
     allowed = _allowed()
+    words = said.pattern()
     scan = Scan()
     for path in paths:
         scan.files += 1
         with path.open(encoding="utf-8", errors="replace") as handle:
             for number, line in enumerate(handle, 1):
                 scan.lines += 1
-                for problem in scan_text(line, allowed):
+                problems = scan_text(line, allowed)
+                if words is not None and (found := words.search(line)):
+                    problems.append(f"words written in a test {found.group()[:40]!r}")
+                for problem in problems:
                     if len(scan.findings) < 50:
                         scan.findings.append(f"{path}:{number}: {problem}")
     return scan
@@ -141,7 +147,9 @@ class LogScan:
         scan = self.scan
         terminalreporter.write_sep(
             "=",
-            f"log scan: {scan.lines} lines in {scan.files} files, {len(scan.findings)} findings",
+            f"log scan: {scan.lines} lines in {scan.files} files, "
+            f"{len(said.WRITTEN)} texts written in the tests looked for, "
+            f"{len(scan.findings)} findings",
         )
         for finding in scan.findings:
             terminalreporter.write_line(finding)

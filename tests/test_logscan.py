@@ -56,3 +56,17 @@ def test_files_are_scanned_line_by_line(tmp_path: Path) -> None:
     scan = scan_files([path])
     assert (scan.files, scan.lines) == (1, 2)
     assert scan.findings == [f"{path}:2: email someone@example.com"]
+
+
+def test_words_written_in_the_tests_are_looked_for(tmp_path: Path) -> None:
+    from tests import said
+    from tests.fakes.twilio_api import inbound_whatsapp_form
+
+    words = "please remove the photos of my prescription"
+    inbound_whatsapp_form(from_="+923001230000", to="+14155238881", body=words)
+    said.written("yes")  # too short to be somebody's words: not looked for
+    assert words in said.WRITTEN and "yes" not in said.WRITTEN
+    path = tmp_path / "sample.txt"  # not *.log: the run's own scan must not see it
+    path.write_text(f"inbound handled: {words}\nticket OD-2026-00001 yes\n", encoding="utf-8")
+    scan = scan_files([path])
+    assert scan.findings == [f"{path}:1: words written in a test {words[:40]!r}"]

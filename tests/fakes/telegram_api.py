@@ -19,6 +19,7 @@ from aiohttp import web
 
 from tests.fakes.contracts import ContractViolation, UploadedFile, check_telegram_call
 from tests.fakes.server import LoopbackServer
+from tests.said import written
 
 DEFAULT_TOKEN = "123456789:AAFakeTelegramTokenForRightsdeskTests"
 
@@ -335,6 +336,7 @@ class FakeTelegram(LoopbackServer):
             params["reply_parameters"] = {"message_id": reply_to_message_id}
         message = self._new_message(chat_id, params, sender=user, **fields)
         if text is not None:
+            written(text)
             message["text"] = text
             if text.startswith("/"):
                 command = text.split()[0]

@@ -22,6 +22,7 @@ from twilio.request_validator import RequestValidator
 
 from tests.fakes.contracts import ContractViolation, check_twilio_call
 from tests.fakes.server import LoopbackServer
+from tests.said import written
 
 DEFAULT_ACCOUNT_SID = "AC" + "f" * 32
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
@@ -371,6 +372,7 @@ def inbound_whatsapp_form(
     `media` holds (url, content type) pairs, e.g. from `FakeTwilio.add_media`.
     """
     from_, to = _whatsapp(from_), _whatsapp(to)
+    written(body)
     sid = message_sid or new_sid("MM" if media else "SM")
     if button_payload is not None:
         kind = "button"
