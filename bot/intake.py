@@ -73,7 +73,7 @@ class Intake:
     desk: Desk | None = None  # the staff desk: ticket cards, and answers staff wait for
 
     async def handle(self, session: AsyncSession, inbound: Inbound, now: datetime) -> None:
-        tenant = await self._tenant_of(session, inbound, now)
+        tenant, picked = await self._tenant_of(session, inbound, now)
         if tenant is None:
             return
         if inbound.channel is Channel.WHATSAPP:
@@ -93,8 +93,8 @@ class Intake:
             return
         run = _Run(self, session, tenant, conversation, inbound, now)
         state = ConversationState.from_json(conversation.state)
-        if inbound.start_param is not None:
-            inbound = _as_greeting(inbound)
+        if inbound.start_param is not None or picked:
+            inbound = _as_greeting(inbound)  # the message chose the business, nothing more
         state = await run.step(state, Message.from_inbound(inbound))
         conversation.state = state.to_json()
         conversation.step = state.step
@@ -104,28 +104,30 @@ class Intake:
 
     async def _tenant_of(
         self, session: AsyncSession, inbound: Inbound, now: datetime
-    ) -> Tenant | None:
+    ) -> tuple[Tenant | None, bool]:
         """WhatsApp: the number written to. Telegram: the /start parameter, the business
-        chosen before, the only business there is, or a choice offered now (None)."""
+        chosen before, the only business there is, or a choice offered now (None). True
+        when this very message was the choice (a number or a button from the offer)."""
         if inbound.channel is Channel.WHATSAPP:
-            return self.tenants.by_slug(inbound.tenant) if inbound.tenant else None
+            return (self.tenants.by_slug(inbound.tenant) if inbound.tenant else None), False
         router = await people.conversation_for_update(
             session, channel=inbound.channel, address=inbound.sender, tenant=ROUTER, now=now
         )
         chosen = _chosen_tenant(self.tenants, inbound, router)
         if chosen is not None:
+            picked = not inbound.start_param
             if router.state.get("current") != chosen.slug:
                 router.state = {"current": chosen.slug}
                 router.updated_at = now
                 session.add(router)
-            return chosen
+            return chosen, picked
         current = router.state.get("current")
         if isinstance(current, str) and current in self.tenants:
-            return self.tenants.by_slug(current)
+            return self.tenants.by_slug(current), False
         if len(self.tenants) == 1:
-            return next(iter(self.tenants))
+            return next(iter(self.tenants)), False
         self._offer_businesses(session, inbound, router, now)
-        return None
+        return None, False
 
     def _offer_businesses(
         self, session: AsyncSession, inbound: Inbound, router: Conversation, now: datetime
@@ -177,8 +179,8 @@ def _chosen_tenant(tenants: Tenants, inbound: Inbound, router: Conversation) -> 
 
 
 def _as_greeting(inbound: Inbound) -> Inbound:
-    """`/start <business>` opens the dialogue like a greeting."""
-    return replace(inbound, text="hi", start_param=None)
+    """`/start <business>`, or the choice of a business, opens the dialogue like a greeting."""
+    return replace(inbound, text="hi", start_param=None, callback_data=None)
 
 
 class _Run:

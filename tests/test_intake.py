@@ -15,9 +15,11 @@ from sqlmodel import select
 
 from bot import accounts
 from bot.i18n import FSI, PDI
+from bot.tenants import load_tenants
 from storage.db import create_engine, session_factory
 from storage.enums import TicketStatus
 from storage.models import ConsentRecord, Conversation, Suppression, Ticket, TicketEvent
+from tests.conftest import TENANTS_DIR
 from tests.fakes.twilio_api import inbound_whatsapp_form
 from tests.service import Service, eventually, running_service
 from tests.test_mail import Collector, smtp_server
@@ -441,3 +443,36 @@ async def test_start_after_stop_opts_back_in(database_url: str) -> None:
         assert began <= ledger[0].at <= ledger[1].at <= ended
         assert await _rows(database_url, Suppression) == []
         assert await _suppressions(svc, token) == []
+
+
+async def test_a_telegram_customer_without_a_start_parameter_picks_the_business(
+    database_url: str,
+) -> None:
+    async with desk(database_url) as (svc, _mailbox):
+        names = [t.name for t in load_tenants(TENANTS_DIR)]
+        assert len(names) > 1
+        # By number: the list, then the second business's own menu (the "2" picks the
+        # business, not the second request type of its menu).
+        first = TelegramCustomer(svc, 5551201)
+        offer = await first.say("hello")
+        assert offer.startswith("Which business would you like to contact?")
+        assert all(f"{n}. {name}" in offer for n, name in enumerate(names, start=1))
+        (sent,) = svc.telegram.sent_messages(chat_id=5551201)
+        keyboard = sent.params["reply_markup"]["inline_keyboard"]
+        assert [row[0]["text"] for row in keyboard] == names
+        menu = await first.say("2")
+        assert names[1] in menu and "1." in menu
+        assert "Is that right?" not in menu and names[0] not in menu
+        # By button, from another chat.
+        second = TelegramCustomer(svc, 5551202)
+        await second.say("hello")
+        (offer_message,) = svc.telegram.sent_messages(chat_id=5551202)
+        press = svc.telegram.callback_query_update(
+            5551202, offer_message.result["message_id"], keyboard[2][0]["callback_data"]
+        )
+        assert (await svc.post_telegram(press)).status == 200
+        await eventually(lambda: len(second.inbox()) > 1)
+        assert names[2] in second.inbox()[-1]
+        # Later messages stay with the chosen business, without asking again.
+        again = await first.say("status")
+        assert "Which business" not in again
