@@ -77,7 +77,9 @@ class Intake:
         if tenant is None:
             return
         if inbound.channel is Channel.WHATSAPP:
-            await window.release_held(session, recipient=inbound.sender, now=now)
+            await window.release_held(
+                session, recipient=inbound.sender, tenant=tenant.slug, now=now
+            )
         conversation = await people.conversation_for_update(
             session,
             channel=inbound.channel,

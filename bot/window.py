@@ -152,13 +152,16 @@ async def hold_after_refusal(
     return True
 
 
-async def release_held(session: AsyncSession, *, recipient: str, now: datetime) -> int:
-    """The customer wrote: the window is open again, so send what was held, oldest first."""
+async def release_held(session: AsyncSession, *, recipient: str, tenant: str, now: datetime) -> int:
+    """The customer wrote to `tenant`: its window is open again, so send what it held, oldest
+    first. What another business holds for the same number waits for a message to that
+    business (its window is its own)."""
     result = await session.exec(
         sa.update(_T)
         .where(
             _T.c.channel == Channel.WHATSAPP,
             _T.c.recipient == recipient,
+            _T.c.tenant == tenant,
             _T.c.status == HELD,
         )
         .values(status=OutboxStatus.PENDING, next_attempt_at=now)

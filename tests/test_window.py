@@ -197,7 +197,19 @@ async def test_later_than_a_day_texts_are_held_behind_one_invitation_per_wait(
 
     # The customer writes: everything held goes, oldest first; a new wait gets a new invitation.
     async with transaction(sessions) as session:
-        assert await window.release_held(session, recipient=CUSTOMER, now=T0 + 3 * DAY) == 3
+        # A message to another business opens that business's window only.
+        assert (
+            await window.release_held(
+                session, recipient=CUSTOMER, tenant="jooptics", now=T0 + 3 * DAY
+            )
+            == 0
+        )
+        assert (
+            await window.release_held(
+                session, recipient=CUSTOMER, tenant=tenant.slug, now=T0 + 3 * DAY
+            )
+            == 3
+        )
         conversation = (await session.exec(select(Conversation))).one()
         conversation.last_inbound_at = T0 + 3 * DAY
         session.add(conversation)
