@@ -268,4 +268,9 @@ SEALED_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("inbound_message", "payload", True),
     ("outbound_message", "payload", True),
     ("verification_code", "email", False),
+    ("conversation", "address", False),
+    ("outbound_message", "recipient", False),
+    ("suppression", "address", False),
+    ("consent_record", "address", False),
+    ("sandbox_chat", "address", False),
 )

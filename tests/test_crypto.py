@@ -26,16 +26,6 @@ KEY_A = base64.b64encode(b"A" * 32).decode()
 KEY_B = base64.b64encode(b"B" * 32).decode()
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
-# Columns that route messages and keep an address in clear (README, "Encryption at rest").
-ROUTING = {
-    "conversation.address",
-    "inbound_message.sender",
-    "outbound_message.recipient",
-    "suppression.address",
-    "consent_record.address",
-    "sandbox_chat.address",
-}
-
 
 def ring(*keys: str) -> crypto.Keyring:
     return crypto.Keyring.from_secret(
@@ -161,11 +151,18 @@ async def test_the_database_holds_no_email_phone_or_message_text_in_clear(
     assert holding(dump, "delete my data") == set()
     assert holding(dump, complaint) == set()
     assert holding(dump, "nobody answered") == set()
-    assert holding(dump, email) <= ROUTING  # the code mail's recipient, nowhere else
-    assert "conversation.address" in holding(dump, phone) <= ROUTING  # the dump sees all
-    assert {"contact_identity.value", "ticket_event.data", "inbound_message.payload"} <= {
+    assert holding(dump, email) == set()  # not even the code mail's recipient
+    assert holding(dump, phone) == set()  # nor who wrote: routing addresses are sealed too
+    assert holding(dump, str(telegram.chat_id)) == set()
+    sealed = {
+        "contact_identity.value", "ticket_event.data", "inbound_message.payload",
+        "conversation.address", "outbound_message.recipient",
+    }  # fmt: skip
+    assert sealed <= {
         column for column, values in dump.items() if any(v.startswith("v1:") for v in values)
     }
+    index = crypto.blind_index(whatsapp.number)
+    assert {"conversation.address_index", "inbound_message.sender_index"} <= holding(dump, index)
 
     engine = create_engine(database_url)
     try:
@@ -327,11 +324,21 @@ async def test_migration_seals_existing_rows_and_downgrade_opens_them(engine: As
         assert state == {"email": "old@example.com"}
         payload = (await session.exec(select(InboundMessage.payload))).one()
         assert payload == {"message": {"text": "delete everything please"}}
+        conversation = await people.conversation_for_update(
+            session, channel="telegram", address="42", tenant="jooptics", now=NOW
+        )  # found by its blind index, not made anew
+        assert conversation.step == "ask_code" and conversation.address == "42"
+        sender = (await session.exec(select(InboundMessage.sender_index))).one()
+        assert sender == crypto.blind_index("42")
+    assert dump["conversation.address"][0].startswith("v1:")
+    assert "inbound_message.sender" not in dump
 
     async with engine.begin() as conn:
         await conn.run_sync(_downgrade, "0005")
     dump = await raw_dump(str(engine.url.render_as_string(hide_password=False)))
     assert holding(dump, "old@example.com") == {"contact_identity.value", "conversation.state"}
+    assert dump["conversation.address"] == ["42"]
+    assert dump["inbound_message.sender"] == [crypto.blind_index("42")]  # compares as before
     await migrate(engine)  # and up again
     async with sessions() as session:
         identity = (await session.exec(select(ContactIdentity))).one()
