@@ -10,9 +10,8 @@ sealed with AES-256-GCM (storage/crypto.py) under the keyring of the process tha
 each beside an `*_index` column holding its blind index, which the lookups, the per-recipient
 order of the outbox and the unique keys use instead. `inbound_message.sender` is only ever
 compared (per-sender order, rate limits; the address is in the sealed payload), so it is
-replaced by `sender_index` alone. Existing rows are converted in batches of 500. On
-PostgreSQL the sealed columns become TEXT; SQLite keeps the declared types until a table is
-rebuilt for its new constraints.
+replaced by `sender_index` alone. Existing rows are converted in batches of 500. The sealed
+columns become TEXT (on SQLite as each table is rebuilt for its new keys and NOT NULLs).
 
 Going down opens the addresses again; `inbound_message.sender` gets the blind index (equal
 senders still compare equal; the address itself stays in the payload).
