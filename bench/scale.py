@@ -119,8 +119,8 @@ TICKET_COLUMNS = [
 ]  # fmt: skip
 REQUESTER_COLUMNS = ["id", "tenant", "language", "created_at"]
 CONVERSATION_COLUMNS = [
-    "id", "channel", "address", "tenant", "requester_id", "step", "state", "language",
-    "last_inbound_at", "updated_at",
+    "id", "channel", "address", "address_index", "tenant", "requester_id", "step", "state",
+    "language", "last_inbound_at", "updated_at",
 ]  # fmt: skip
 EVENT_COLUMNS = ["ticket_id", "at", "actor", "kind", "data"]
 
@@ -211,7 +211,8 @@ def generate(count: int, active: int, now: datetime, seed: int = 42) -> Data:
                 else str(5_000_000_000 + requester_id)
             )
             data.conversations.append(
-                (requester_id, channel, address, slug, requester_id, "start", "{}", language,
+                (requester_id, channel, _sealed(address, "conversation.address"),
+                 crypto.blind_index(address), slug, requester_id, "start", "{}", language,
                  received, received)
             )  # fmt: skip
         tickets.append(
@@ -231,6 +232,10 @@ def generate(count: int, active: int, now: datetime, seed: int = 42) -> Data:
             verified_data = {"status": "open", "due_at": due.isoformat() if due else None}
             events.append((i, verified_at, "customer", "verified", _event_data(verified_data)))
     return data
+
+
+def _sealed(value: str, context: str) -> str:
+    return crypto.keyring().seal(value, context=context)
 
 
 def _event_data(data: dict[str, Any]) -> str:

@@ -1253,7 +1253,7 @@ async def _busy(session: AsyncSession, chat: int, now: datetime) -> bool:
         select(OutboundMessage.status, OutboundMessage.sent_at)
         .where(
             OutboundMessage.channel == Channel.TELEGRAM,
-            OutboundMessage.recipient == str(chat),
+            OutboundMessage.recipient_index == crypto.blind_index(str(chat)),
         )
         .order_by(col(OutboundMessage.id).desc())
         .limit(200)
@@ -1344,7 +1344,7 @@ async def _in_flight(session: AsyncSession, chat: int, before: datetime, now: da
         select(OutboundMessage.id)
         .where(
             OutboundMessage.channel == Channel.TELEGRAM,
-            OutboundMessage.recipient == str(chat),
+            OutboundMessage.recipient_index == crypto.blind_index(str(chat)),
             OutboundMessage.status == OutboxStatus.SENDING,
             col(OutboundMessage.created_at) <= before,
             col(OutboundMessage.locked_until) > now,
@@ -1379,7 +1379,7 @@ async def _ticket_id_of_message(
         select(OutboundMessage.ticket_id)
         .where(
             OutboundMessage.channel == Channel.TELEGRAM,
-            OutboundMessage.recipient == str(chat),
+            OutboundMessage.recipient_index == crypto.blind_index(str(chat)),
             OutboundMessage.provider_id == str(message_id),
             col(OutboundMessage.ticket_id).is_not(None),
         )

@@ -19,6 +19,7 @@ from bot.i18n import LANGUAGES, _, guess_language, translate
 from bot.logs import mask_address
 from bot.messages import Inbound
 from storage import outbox
+from storage.crypto import blind_index
 from storage.enums import Channel
 from storage.models import InboundMessage, OutboundMessage
 
@@ -40,7 +41,7 @@ async def too_fast(session: AsyncSession, message: InboundMessage) -> bool:
         .select_from(InboundMessage)
         .where(
             InboundMessage.channel == message.channel,
-            InboundMessage.sender == message.sender,
+            InboundMessage.sender_index == message.sender_index,
             InboundMessage.kind == message.kind,
             col(InboundMessage.received_at) > message.received_at - WINDOW,
             col(InboundMessage.id) <= message.id,
@@ -52,7 +53,8 @@ async def too_fast(session: AsyncSession, message: InboundMessage) -> bool:
 async def slow_down(session: AsyncSession, inbound: Inbound) -> None:
     """The polite answer, at most once per sender and minute (the dedupe key's minute)."""
     minute = int(inbound.received_at.timestamp() // 60)
-    key = f"slow-down:{inbound.channel}:{inbound.sender}:{minute}"
+    who = blind_index(inbound.sender)  # the key is stored: no address in clear
+    key = f"slow-down:{inbound.channel}:{who}:{minute}"
     said = await session.exec(select(OutboundMessage.id).where(OutboundMessage.dedupe_key == key))
     if said.first() is not None:
         return

@@ -23,6 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.i18n import LANGUAGES, _, translate
 from bot.tenants import Tenant, Tenants
+from storage.crypto import blind_index
 from storage.enums import Channel, OutboxStatus
 from storage.models import Conversation, OutboundMessage, utcnow
 
@@ -80,6 +81,7 @@ async def hold(
         "channel": Channel.WHATSAPP,
         "tenant": tenant.slug,
         "recipient": recipient,
+        "recipient_index": blind_index(recipient),
         "payload": {
             "from": payload["from"],
             "content_sid": template,
@@ -102,7 +104,8 @@ async def hold(
 
 def _invitation_key(tenant: Tenant, recipient: str, since: datetime | None) -> str:
     """One invitation per wait: the customer's last message starts it, their next ends it."""
-    return f"invite:{tenant.slug}:{recipient}:{since.isoformat() if since else 'never'}"
+    who = blind_index(recipient)  # the key is stored: no address in clear
+    return f"invite:{tenant.slug}:{who}:{since.isoformat() if since else 'never'}"
 
 
 async def _conversation(
@@ -111,7 +114,7 @@ async def _conversation(
     found = await session.exec(
         select(Conversation).where(
             Conversation.channel == Channel.WHATSAPP,
-            Conversation.address == recipient,
+            Conversation.address_index == blind_index(recipient),
             Conversation.tenant == tenant.slug,
         )
     )
@@ -160,7 +163,7 @@ async def release_held(session: AsyncSession, *, recipient: str, tenant: str, no
         sa.update(_T)
         .where(
             _T.c.channel == Channel.WHATSAPP,
-            _T.c.recipient == recipient,
+            _T.c.recipient_index == blind_index(recipient),
             _T.c.tenant == tenant,
             _T.c.status == HELD,
         )
@@ -172,7 +175,8 @@ async def release_held(session: AsyncSession, *, recipient: str, tenant: str, no
 async def held_count(session: AsyncSession, recipient: str) -> int:
     result = await session.exec(
         select(sa.func.count()).where(
-            col(OutboundMessage.recipient) == recipient, col(OutboundMessage.status) == HELD
+            col(OutboundMessage.recipient_index) == blind_index(recipient),
+            col(OutboundMessage.status) == HELD,
         )
     )
     return int(result.one())

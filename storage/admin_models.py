@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from storage.models import _json, _ts
+from storage.crypto import blind_index
+from storage.models import _index, _json, _sealed, _ts
 
 
 class AdminSession(SQLModel, table=True):
@@ -61,13 +62,16 @@ class SandboxChat(SQLModel, table=True):
     """A made-up customer an admin chats as on /admin/sandbox."""
 
     __tablename__ = "sandbox_chat"
-    __table_args__ = (sa.UniqueConstraint("channel", "address"),)
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "address_index", name="uq_sandbox_chat_address"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     admin_user_id: int = Field(foreign_key="admin_user.id")
     channel: str = Field(max_length=16)
     tenant: str = Field(max_length=64)
-    address: str = Field(max_length=64)  # whatsapp:+999… or a Telegram chat id ≥ 2**52
+    address: str = _sealed("sandbox_chat.address")  # whatsapp:+999… or a chat id ≥ 2**52
+    address_index: str = _index()
     language: str = Field(default="en", max_length=8)
     created_at: datetime = _ts(default_now=True)
 
@@ -101,3 +105,9 @@ class TicketStatusCount(SQLModel, table=True):
     tenant: str = Field(max_length=64)
     status: str = Field(max_length=32)
     delta: int
+
+
+@sa.event.listens_for(SandboxChat, "before_insert")
+@sa.event.listens_for(SandboxChat, "before_update")
+def _index_address(_mapper: Any, _connection: Any, target: SandboxChat) -> None:
+    target.address_index = blind_index(target.address)

@@ -308,7 +308,7 @@ async def transcript(session: AsyncSession, ticket: Ticket, *, limit: int = 200)
     if addresses:
         query = select(InboundMessage).where(
             InboundMessage.channel == ticket.channel,
-            col(InboundMessage.sender).in_(addresses),
+            col(InboundMessage.sender_index).in_(blind_indexes(addresses)),
             InboundMessage.kind != "status",
         )
         if ticket.channel == "whatsapp":
@@ -318,7 +318,7 @@ async def transcript(session: AsyncSession, ticket: Ticket, *, limit: int = 200)
         )
     to_requester = sa.and_(
         _O.c.channel == ticket.channel,
-        _O.c.recipient.in_(addresses),
+        _O.c.recipient_index.in_(blind_indexes(addresses)),
         sa.or_(_O.c.tenant == ticket.tenant, _O.c.tenant.is_(None)),
     )
     about_ticket = _O.c.ticket_id == ticket.id
@@ -629,7 +629,7 @@ async def sandbox_tickets(session: AsyncSession, chat: SandboxChat) -> list[Tick
     """Tickets filed by the sandbox customer, newest first."""
     requesters = sa.select(Conversation.requester_id).where(  # type: ignore[call-overload]
         Conversation.channel == chat.channel,
-        Conversation.address == chat.address,
+        Conversation.address_index == chat.address_index,
         col(Conversation.requester_id).is_not(None),
     )
     result = await session.exec(
@@ -646,11 +646,14 @@ async def sandbox_messages(
     """The customer's messages, the replies, and everything queued about their tickets."""
     inbound = await session.exec(
         select(InboundMessage)
-        .where(InboundMessage.channel == chat.channel, InboundMessage.sender == chat.address)
+        .where(
+            InboundMessage.channel == chat.channel,
+            InboundMessage.sender_index == chat.address_index,
+        )
         .order_by(col(InboundMessage.id).desc())
         .limit(limit)
     )
-    mine = sa.and_(_O.c.channel == chat.channel, _O.c.recipient == chat.address)
+    mine = sa.and_(_O.c.channel == chat.channel, _O.c.recipient_index == chat.address_index)
     wanted = sa.or_(mine, _O.c.ticket_id.in_(list(ticket_ids))) if ticket_ids else mine
     outbound = await session.exec(
         select(OutboundMessage).where(wanted).order_by(_O.c.id.desc()).limit(limit)

@@ -269,4 +269,9 @@ SEALED_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("outbound_message", "payload", True),
     ("verification_code", "email", False),
     ("consent_record", "identity", False),
+    ("conversation", "address", False),
+    ("outbound_message", "recipient", False),
+    ("suppression", "address", False),
+    ("consent_record", "address", False),
+    ("sandbox_chat", "address", False),
 )

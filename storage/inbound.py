@@ -19,6 +19,7 @@ from sqlalchemy.util import greenlet_spawn
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.crypto import blind_index
 from storage.db import writing
 from storage.models import InboundMessage
 
@@ -40,12 +41,15 @@ async def store(
     payload: dict[str, Any],
     now: datetime,
 ) -> int | None:
-    """Insert the message unless its provider id was seen; the new row's id, or None."""
+    """Insert the message unless its provider id was seen; the new row's id, or None.
+
+    Only the blind index of `sender` is stored (the address itself is in the sealed payload).
+    """
     values = {
         "channel": channel,
         "provider_id": provider_id,
         "kind": kind,
-        "sender": sender,
+        "sender_index": blind_index(sender),
         "tenant": tenant,
         "payload": payload,
         "received_at": now,
@@ -69,7 +73,7 @@ _STORE_COLUMNS = (
     "channel",
     "provider_id",
     "kind",
-    "sender",
+    "sender_index",
     "tenant",
     "payload",
     "received_at",
@@ -101,7 +105,7 @@ async def store_now(
     OperationalError.
     """
     raw = (
-        channel, provider_id, kind, sender, tenant, payload, now, now, 0,
+        channel, provider_id, kind, blind_index(sender), tenant, payload, now, now, 0,
     )  # fmt: skip
     converters = _converters(engine.dialect)
     params = [
@@ -267,7 +271,7 @@ async def claim(
         sa.select(older.c.id)
         .where(
             older.c.channel == _T.c.channel,
-            older.c.sender == _T.c.sender,
+            older.c.sender_index == _T.c.sender_index,
             older.c.id < _T.c.id,
             older.c.processed_at.is_(None),
             older.c.attempts < MAX_ATTEMPTS,

@@ -34,6 +34,12 @@ def _sealed_json(context: str) -> Any:
     return Field(default_factory=dict, sa_column=sa.Column(SealedJSON(context), nullable=False))
 
 
+def _index() -> Any:
+    """The blind index of a sealed column (storage/crypto.py): what equality lookups,
+    grouping and unique keys use; kept in step by `_index_routing` below."""
+    return Field(default="", max_length=64)
+
+
 def _sealed(context: str, *, nullable: bool = False) -> Any:
     """A text column stored encrypted (storage/crypto.py)."""
     return Field(
@@ -141,14 +147,15 @@ class Conversation(SQLModel, table=True):
     """Where one customer stands in the dialogue with one business on one channel."""
 
     __table_args__ = (
-        sa.UniqueConstraint("channel", "address", "tenant"),
+        sa.UniqueConstraint("channel", "address_index", "tenant", name="uq_conversation_address"),
         # a requester's conversations: where the clock and the desk write to a customer
         sa.Index("ix_conversation_requester", "requester_id", "channel", "tenant"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=16)
-    address: str = Field(max_length=64)  # whatsapp:+E164 or the Telegram chat id
+    address: str = _sealed("conversation.address")  # whatsapp:+E164 or the Telegram chat id
+    address_index: str = _index()
     tenant: str = Field(default="", max_length=64)  # "" until the business is known
     requester_id: int | None = Field(default=None, foreign_key="requester.id")
     step: str = Field(default="start", max_length=40)
@@ -168,6 +175,7 @@ class InboundMessage(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("channel", "provider_id"),
         sa.Index("ix_inbound_pending", "processed_at", "next_attempt_at", "id"),
+        sa.Index("ix_inbound_sender", "channel", "sender_index", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -175,7 +183,9 @@ class InboundMessage(SQLModel, table=True):
     provider_id: str = Field(max_length=64)  # Twilio MessageSid / Telegram update_id
     kind: str = Field(default="message", max_length=16)  # message | status | callback
     tenant: str | None = Field(default=None, max_length=64)
-    sender: str = Field(default="", max_length=64)
+    # The blind index of who sent it, for per-sender order and rate limits; the address
+    # itself is only in the sealed payload.
+    sender_index: str = Field(default="", max_length=64)
     payload: dict[str, Any] = _sealed_json("inbound_message.payload")
     received_at: datetime = _ts(default_now=True)
     processed_at: datetime | None = _ts(nullable=True)
@@ -191,13 +201,14 @@ class OutboundMessage(SQLModel, table=True):
     __tablename__ = "outbound_message"
     __table_args__ = (
         sa.Index("ix_outbound_due", "status", "next_attempt_at", "id"),
-        sa.Index("ix_outbound_recipient", "channel", "recipient", "id"),
+        sa.Index("ix_outbound_recipient", "channel", "recipient_index", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=16)
     tenant: str | None = Field(default=None, max_length=64)
-    recipient: str = Field(max_length=64)
+    recipient: str = _sealed("outbound_message.recipient")
+    recipient_index: str = _index()
     payload: dict[str, Any] = _sealed_json("outbound_message.payload")
     status: str = Field(default=OutboxStatus.PENDING, max_length=16)
     attempts: int = 0
@@ -222,7 +233,8 @@ class ConsentRecord(SQLModel, table=True):
     tenant: str = Field(max_length=64, index=True)
     requester_id: int | None = Field(default=None, foreign_key="requester.id")
     channel: str = Field(max_length=16)
-    address: str = Field(max_length=320)
+    address: str = _sealed("consent_record.address")
+    address_index: str = _index()
     category: str = Field(max_length=40)  # marketing | cookies:analytics | ...
     # Cookies: the email address or phone number the customer said they use with the
     # business (its website), as given and not verified; NULL when none was given.
@@ -236,12 +248,17 @@ class ConsentRecord(SQLModel, table=True):
 class Suppression(SQLModel, table=True):
     """Someone who must not be contacted for a purpose: the current state of the ledger."""
 
-    __table_args__ = (sa.UniqueConstraint("tenant", "channel", "address", "category"),)
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "tenant", "channel", "address_index", "category", name="uq_suppression_address"
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     tenant: str = Field(max_length=64)
     channel: str = Field(max_length=16)
-    address: str = Field(max_length=320)
+    address: str = _sealed("suppression.address")
+    address_index: str = _index()
     category: str = Field(max_length=40)
     created_at: datetime = _ts(default_now=True)
 
@@ -316,6 +333,23 @@ class ReminderSent(SQLModel, table=True):
 def _index_identity(_mapper: Any, _connection: Any, target: ContactIdentity) -> None:
     """Keep the blind index in step with the value it stands for."""
     target.value_index = blind_index(target.value)
+
+
+@sa.event.listens_for(Conversation, "before_insert")
+@sa.event.listens_for(Conversation, "before_update")
+@sa.event.listens_for(ConsentRecord, "before_insert")
+@sa.event.listens_for(ConsentRecord, "before_update")
+@sa.event.listens_for(Suppression, "before_insert")
+@sa.event.listens_for(Suppression, "before_update")
+def _index_address(_mapper: Any, _connection: Any, target: Any) -> None:
+    """Keep a routing address's blind index in step with it (Core inserts set it themselves)."""
+    target.address_index = blind_index(target.address)
+
+
+@sa.event.listens_for(OutboundMessage, "before_insert")
+@sa.event.listens_for(OutboundMessage, "before_update")
+def _index_recipient(_mapper: Any, _connection: Any, target: OutboundMessage) -> None:
+    target.recipient_index = blind_index(target.recipient)
 
 
 @sa.event.listens_for(Ticket.status, "set")

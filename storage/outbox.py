@@ -71,7 +71,7 @@ async def claim(
         sa.select(older.c.id)
         .where(
             older.c.channel == _T.c.channel,
-            older.c.recipient == _T.c.recipient,
+            older.c.recipient_index == _T.c.recipient_index,
             older.c.id < _T.c.id,
             older.c.status.in_([OutboxStatus.PENDING, OutboxStatus.SENDING]),
         )

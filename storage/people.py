@@ -35,18 +35,25 @@ async def conversation_for_update(
     waits on the row lock (PostgreSQL) or the write lock (SQLite).
     """
     table = Conversation.__table__  # type: ignore[attr-defined]
+    index = blind_index(address)
     await session.exec(
         _insert(session)(table)
         .values(
-            channel=channel, address=address, tenant=tenant, step="start", state={}, updated_at=now
+            channel=channel,
+            address=address,
+            address_index=index,
+            tenant=tenant,
+            step="start",
+            state={},
+            updated_at=now,
         )
-        .on_conflict_do_nothing(index_elements=["channel", "address", "tenant"])
+        .on_conflict_do_nothing(index_elements=["channel", "address_index", "tenant"])
     )
     result = await session.exec(
         select(Conversation)
         .where(
             Conversation.channel == channel,
-            Conversation.address == address,
+            Conversation.address_index == index,
             Conversation.tenant == tenant,
         )
         .with_for_update()
@@ -186,7 +193,7 @@ async def record_consent(
             sa.delete(table).where(
                 table.c.tenant == tenant,
                 table.c.channel == channel,
-                table.c.address == address,
+                table.c.address_index == blind_index(address),
                 table.c.category == category,
             )
         )
@@ -194,9 +201,16 @@ async def record_consent(
         await session.exec(
             _insert(session)(table)
             .values(
-                tenant=tenant, channel=channel, address=address, category=category, created_at=now
+                tenant=tenant,
+                channel=channel,
+                address=address,
+                address_index=blind_index(address),
+                category=category,
+                created_at=now,
             )
-            .on_conflict_do_nothing(index_elements=["tenant", "channel", "address", "category"])
+            .on_conflict_do_nothing(
+                index_elements=["tenant", "channel", "address_index", "category"]
+            )
         )
     await session.flush()
 
@@ -208,7 +222,7 @@ async def is_suppressed(
         select(Suppression.id).where(
             Suppression.tenant == tenant,
             Suppression.channel == channel,
-            Suppression.address == address,
+            Suppression.address_index == blind_index(address),
             Suppression.category == category,
         )
     )

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.crypto import blind_index
 from storage.enums import OutboxStatus
 from storage.models import (
     ContactIdentity,
@@ -248,6 +249,7 @@ async def queue(session: AsyncSession, messages: Sequence[Message]) -> None:
             "channel": m.channel,
             "tenant": m.tenant,
             "recipient": m.recipient,
+            "recipient_index": blind_index(m.recipient),
             "payload": m.payload,
             "status": OutboxStatus.PENDING,
             "attempts": 0,
@@ -328,7 +330,7 @@ async def last_contact(session: AsyncSession, ticket: Ticket, address: str) -> L
     result = await session.exec(
         select(Conversation.last_inbound_at, Conversation.written_to).where(
             Conversation.channel == ticket.channel,
-            Conversation.address == address,
+            Conversation.address_index == blind_index(address),
             Conversation.tenant == ticket.tenant,
         )
     )

@@ -329,7 +329,7 @@ async def _converse(database_url: str, ticket: Ticket, address: str, now: dateti
                             channel="whatsapp",
                             provider_id=f"SM{n:032d}",
                             tenant=ticket.tenant,
-                            sender=address,
+                            sender_index=crypto.blind_index(address),
                             payload={"Body": text, "NumMedia": "0"},
                             received_at=at,
                             processed_at=at,

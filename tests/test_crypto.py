@@ -18,23 +18,14 @@ from bot.settings import SettingsError, load_settings
 from storage import crypto, people
 from storage.admin_queries import TicketFilter, dated_page
 from storage.db import SessionFactory, create_engine, session_factory, transaction
-from storage.models import ContactIdentity, Ticket
+from storage.models import ContactIdentity, OutboundMessage, Ticket
 from tests.service import eventually
 from tests.test_intake import TelegramCustomer, WhatsAppCustomer, _code_in, desk
 
 KEY_A = base64.b64encode(b"A" * 32).decode()
 KEY_B = base64.b64encode(b"B" * 32).decode()
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-# Columns that route messages and keep an address in clear (README, "Encryption at rest").
-ROUTING = {
-    "conversation.address",
-    "inbound_message.sender",
-    "outbound_message.recipient",
-    "suppression.address",
-    "consent_record.address",
-    "sandbox_chat.address",
-}
+OLD_NUMBER = "whatsapp:+923005550001"
 
 
 def ring(*keys: str) -> crypto.Keyring:
@@ -161,11 +152,18 @@ async def test_the_database_holds_no_email_phone_or_message_text_in_clear(
     assert holding(dump, "delete my data") == set()
     assert holding(dump, complaint) == set()
     assert holding(dump, "nobody answered") == set()
-    assert holding(dump, email) <= ROUTING  # the code mail's recipient, nowhere else
-    assert "conversation.address" in holding(dump, phone) <= ROUTING  # the dump sees all
-    assert {"contact_identity.value", "ticket_event.data", "inbound_message.payload"} <= {
+    assert holding(dump, email) == set()  # not even the code mail's recipient
+    assert holding(dump, phone) == set()  # nor who wrote: routing addresses are sealed too
+    assert holding(dump, str(telegram.chat_id)) == set()
+    sealed = {
+        "contact_identity.value", "ticket_event.data", "inbound_message.payload",
+        "conversation.address", "outbound_message.recipient",
+    }  # fmt: skip
+    assert sealed <= {
         column for column, values in dump.items() if any(v.startswith("v1:") for v in values)
     }
+    index = crypto.blind_index(whatsapp.number)
+    assert {"conversation.address_index", "inbound_message.sender_index"} <= holding(dump, index)
 
     engine = create_engine(database_url)
     try:
@@ -309,6 +307,15 @@ async def test_migration_seals_existing_rows_and_downgrade_opens_them(engine: As
             ),
             {"p": '{"message": {"text": "delete everything please"}}', "at": NOW},
         )
+        for sql in (
+            "INSERT INTO suppression (tenant, channel, address, category, created_at) "
+            "VALUES ('jooptics', 'whatsapp', :a, 'marketing', :at)",
+            "INSERT INTO consent_record (tenant, channel, address, category, granted, at) "
+            "VALUES ('jooptics', 'whatsapp', :a, 'marketing', false, :at)",
+            "INSERT INTO outbound_message (channel, recipient, payload, status, attempts, "
+            "next_attempt_at, created_at) VALUES ('whatsapp', :a, '{}', 'sent', 1, :at, :at)",
+        ):
+            await conn.execute(sa.text(sql), {"a": OLD_NUMBER, "at": NOW})
     await migrate(engine)
     dump = await raw_dump(str(engine.url.render_as_string(hide_password=False)))
     assert holding(dump, "old@example.com") == set()
@@ -327,11 +334,36 @@ async def test_migration_seals_existing_rows_and_downgrade_opens_them(engine: As
         assert state == {"email": "old@example.com"}
         payload = (await session.exec(select(InboundMessage.payload))).one()
         assert payload == {"message": {"text": "delete everything please"}}
+        conversation = await people.conversation_for_update(
+            session, channel="telegram", address="42", tenant="jooptics", now=NOW
+        )  # found by its blind index, not made anew
+        assert conversation.step == "ask_code" and conversation.address == "42"
+        sender = (await session.exec(select(InboundMessage.sender_index))).one()
+        assert sender == crypto.blind_index("42")
+    assert dump["conversation.address"][0].startswith("v1:")
+    assert "inbound_message.sender" not in dump
+    assert holding(dump, OLD_NUMBER) == set()
+    assert holding(dump, crypto.blind_index(OLD_NUMBER)) == {
+        "suppression.address_index", "consent_record.address_index",
+        "outbound_message.recipient_index",
+    }  # fmt: skip
+    async with sessions() as session:
+        assert await people.is_suppressed(
+            session, tenant="jooptics", channel="whatsapp", address=OLD_NUMBER,
+            category="marketing",
+        )  # fmt: skip
+        sent = (await session.exec(select(OutboundMessage))).one()
+        assert sent.recipient == OLD_NUMBER
 
     async with engine.begin() as conn:
         await conn.run_sync(_downgrade, "0005")
     dump = await raw_dump(str(engine.url.render_as_string(hide_password=False)))
     assert holding(dump, "old@example.com") == {"contact_identity.value", "conversation.state"}
+    assert dump["conversation.address"] == ["42"]
+    assert holding(dump, OLD_NUMBER) == {
+        "suppression.address", "consent_record.address", "outbound_message.recipient",
+    }  # fmt: skip
+    assert dump["inbound_message.sender"] == [crypto.blind_index("42")]  # compares as before
     await migrate(engine)  # and up again
     async with sessions() as session:
         identity = (await session.exec(select(ContactIdentity))).one()

@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from bot.customers import import_customers, read_rows
 from bot.desk import Desk
 from bot.tenants import load_tenants
+from storage.crypto import blind_index
 from storage.db import create_engine, session_factory, transaction
 from storage.desk_models import DeskCard, DeskFile, DeskPrompt, DownloadRecord
 from storage.enums import OutboxStatus, TicketStatus
@@ -572,7 +573,7 @@ async def test_strangers_are_refused_and_change_nothing(database_url: str, tmp_p
         assert await event_kinds(database_url, ticket.id or 0) == events
         assert len(customer.inbox()) == customer_before
         to_customer = await rows(
-            database_url, OutboundMessage, OutboundMessage.recipient == CUSTOMER
+            database_url, OutboundMessage, OutboundMessage.recipient_index == blind_index(CUSTOMER)
         )
         assert len(to_customer) == customer_before
         prompts = await rows(database_url, DeskPrompt)

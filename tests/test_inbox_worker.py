@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.inbox import InboxWorker
 from storage import inbound
+from storage.crypto import blind_index
 from storage.db import SessionFactory, transaction
 from storage.models import InboundMessage, utcnow
 
@@ -56,7 +57,7 @@ async def test_concurrent_batches_keep_each_senders_order(postgres_url: str) -> 
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.02)  # a round trip's worth: the others run meanwhile
-            seen[message.sender].append(message.payload["n"])
+            seen[message.sender_index].append(message.payload["n"])
             running -= 1
 
         worker = InboxWorker(sessions, handler, concurrency=8)
@@ -122,7 +123,11 @@ async def test_a_webhooks_one_statement_stores_what_a_session_would(
         assert "حذف" not in sealed[pid]  # sealed at rest, on both paths
         assert rows[pid].received_at == now == rows[pid].next_attempt_at
         assert rows[pid].attempts == 0 and rows[pid].processed_at is None
-    assert rows["SM-fast"].sender == rows["SM-slow"].sender
+    assert (
+        rows["SM-fast"].sender_index
+        == rows["SM-slow"].sender_index
+        == blind_index("whatsapp:+923001234567")
+    )
 
 
 async def test_a_driver_error_on_the_webhook_path_is_an_operational_error(

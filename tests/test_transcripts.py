@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from storage.crypto import blind_index
 from storage.db import create_engine, session_factory
 from storage.enums import RequestType, TicketStatus
 from storage.models import ConsentRecord, Conversation, Suppression, Ticket
@@ -57,7 +58,7 @@ async def step_of(database_url: str, channel: str, address: str) -> str:
             rows = await session.exec(
                 select(Conversation).where(
                     Conversation.channel == channel,
-                    Conversation.address == address,
+                    Conversation.address_index == blind_index(address),
                     Conversation.tenant == "jooptics",
                 )
             )

@@ -16,6 +16,7 @@ from bot import window
 from bot.i18n import translate
 from bot.reminders import tell_customer
 from bot.tenants import Tenant, load_tenants
+from storage.crypto import blind_index
 from storage.db import SessionFactory, transaction
 from storage.enums import OutboxStatus
 from storage.models import Conversation, OutboundMessage, Requester, Ticket
@@ -257,7 +258,7 @@ async def settled(database_url: str) -> None:
         waiting = await rows(
             database_url,
             OutboundMessage,
-            OutboundMessage.recipient == CUSTOMER,
+            OutboundMessage.recipient_index == blind_index(CUSTOMER),
             col(OutboundMessage.status).in_(busy),
         )
         if not waiting:
@@ -322,7 +323,9 @@ async def test_a_staff_reply_a_day_later_waits_behind_the_template_for_the_custo
             assert bodies[2] is not None and bodies[2].startswith("Thank you. We have passed")
             assert all("ContentSid" not in m for m in since_filed()[1:])
             to_customer = await rows(
-                database_url, OutboundMessage, OutboundMessage.recipient == CUSTOMER
+                database_url,
+                OutboundMessage,
+                OutboundMessage.recipient_index == blind_index(CUSTOMER),
             )
             assert {m.status for m in to_customer} == {"sent"}
             assert len(since_filed()) == 4
