@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,10 +27,13 @@ WEBHOOK_SECRET = "test-webhook-secret_1"
 async def eventually(
     check: Callable[[], Any], *, timeout: float = 15.0, every: float = 0.05
 ) -> Any:
-    """Wait until `check()` is truthy and return it; fail with the last value otherwise."""
+    """Wait until `check()` (or what it returns, when that is awaitable) is truthy and
+    return it; fail with the last value otherwise."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -258,8 +258,15 @@ async def test_ticket_life_with_a_whatsapp_customer(database_url: str, tmp_path:
         assert re.search(r"Due: \d{4}-\d{2}-\d{2} 23:59 PKT \(in \d+ days?", text), text
         assert "verified by a code" in text
         assert "Customer: not on the customer list · first request" in text
-        ticket = await ticket_row(database_url, ref)
-        assert ticket.status == TicketStatus.OPEN and ticket.staff_message_id == card["message_id"]
+
+        # The card's message id is recorded once the outbox has heard back from Telegram,
+        # a moment after the fake shows the card.
+        async def card_recorded() -> Ticket | None:
+            row = await ticket_row(database_url, ref)
+            return row if row.staff_message_id == card["message_id"] else None
+
+        ticket = await eventually(card_recorded)
+        assert ticket.status == TicketStatus.OPEN
 
         # Claim with the button: the card is edited in place.
         answer = await sana.answered(await sana.press(card["message_id"], button(card, "Claim")))
