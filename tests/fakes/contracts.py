@@ -11,12 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CONTRACTS_DIR = Path(
-    os.environ.get(
-        "RIGHTSDESK_CONTRACTS_DIR",
-        Path(__file__).resolve().parents[2].parent / "shared" / "contracts",
-    )
-)
+
+def _contracts_dir() -> Path:
+    """RIGHTSDESK_CONTRACTS_DIR, else the workplace's `../shared/contracts` beside the
+    checkout, else the copy kept in `tests/contracts` (a clone on its own)."""
+    if configured := os.environ.get("RIGHTSDESK_CONTRACTS_DIR"):
+        return Path(configured)
+    repo = Path(__file__).resolve().parents[2]
+    shared = repo.parent / "shared" / "contracts"
+    return shared if shared.is_dir() else repo / "tests" / "contracts"
+
+
+CONTRACTS_DIR = _contracts_dir()
 
 _INTEGER = re.compile(r"-?\d+")
 _BOOLEANS = {"true": True, "false": False, "True": True, "False": False, "1": True, "0": False}
