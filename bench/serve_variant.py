@@ -5,7 +5,10 @@ before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
   queue on the pool (an await, first come first served) instead of in SQLite's busy
   handler, which sleeps 1, 2, 5 … up to 100 ms between tries;
 - `pg-no-pre-ping`: no `pool_pre_ping` on PostgreSQL, saving a round trip per checkout;
-- `uvloop`: the event loop of uvloop (libuv) instead of asyncio's own.
+- `uvloop`: the event loop of uvloop (libuv) instead of asyncio's own;
+- `gc-threshold`: the collector's thresholds from BENCH_GC_THRESHOLD ("20000,10,10");
+- `gc-log`: every garbage collection that pauses the process for 5 ms or more is printed
+  to the service log (`gc pause <generation> <ms> ms`), to see what the tails are made of.
 
     BENCH_VARIANT=sqlite-one-connection DATABASE_URL=... python -m bench.serve_variant
 """
@@ -39,7 +42,31 @@ def _patched_create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 _original: Any = storage.db.create_engine
 
 
+def _log_gc_pauses() -> None:
+    import gc
+    import sys
+    import time
+
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            ms = (time.perf_counter() - started[0]) * 1000
+            if ms >= 5:
+                print(f"gc pause {info['generation']} {ms:.1f} ms", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(callback)
+
+
 def main() -> None:
+    if "gc-log" in os.environ.get("BENCH_VARIANT", ""):
+        _log_gc_pauses()
+    if "gc-threshold" in os.environ.get("BENCH_VARIANT", ""):
+        import gc
+
+        gc.set_threshold(*map(int, os.environ["BENCH_GC_THRESHOLD"].split(",")))
     if "uvloop" in os.environ.get("BENCH_VARIANT", ""):
         import asyncio
 

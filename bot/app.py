@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from bot import sandbox
+from bot.background import WorkerThread
 from bot.deps import Deps
 from bot.desk import Desk
 from bot.dispatch import Dispatcher
@@ -76,10 +78,7 @@ def create_app(
     app[staff.DESK] = Desk(loaded, settings.secret(), settings.public_url)
     app.add_routes(staff.routes())
     app.cleanup_ctx.append(_database)
-    app.cleanup_ctx.append(_telegram_bot)
-    if workers:
-        app.cleanup_ctx.append(_workers)
-        app.cleanup_ctx.append(_scheduler)
+    app.cleanup_ctx.append(partial(_background, workers=workers))
     return app
 
 
@@ -93,9 +92,34 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await deps.engine.dispose()
 
 
-async def _telegram_bot(app: web.Application) -> AsyncIterator[None]:
+async def _background(app: web.Application, *, workers: bool) -> AsyncIterator[None]:
+    """The Telegram client, the workers and the clock: on PostgreSQL on a thread and loop of
+    their own (`bot/background.py`), on SQLite on this loop beside the webhooks."""
+    deps, desk = app[DEPS], app[staff.DESK]
+    work = partial(_work, desk=desk, workers=workers)
+    if deps.settings.is_sqlite or not workers:
+        async with work(deps):
+            yield
+        return
+    if deps.settings.telegram_enabled:  # this loop's copy only reads updates: never started
+        deps.telegram_bot = telegram.make_bot(deps.settings)
+    async with WorkerThread(deps, work):
+        yield
+
+
+@asynccontextmanager
+async def _work(deps: Deps, *, desk: Desk, workers: bool) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(_telegram_bot(deps))
+        if workers:
+            await stack.enter_async_context(_workers(deps, desk))
+            await stack.enter_async_context(_scheduler(deps))
+        yield
+
+
+@asynccontextmanager
+async def _telegram_bot(deps: Deps) -> AsyncIterator[None]:
     """The Bot client, started in the background so an unreachable Telegram delays nothing."""
-    deps = app[DEPS]
     if not deps.settings.telegram_enabled:
         yield
         return
@@ -170,10 +194,9 @@ def _senders(deps: Deps, desk: Desk) -> tuple[dict[str, Sender], list[Any]]:
     return sandbox.route(senders), closers
 
 
-async def _workers(app: web.Application) -> AsyncIterator[None]:
+@asynccontextmanager
+async def _workers(deps: Deps, desk: Desk) -> AsyncIterator[None]:
     """The inbox and outbox workers of this process, stopped cleanly on shutdown."""
-    deps = app[DEPS]
-    desk = app[staff.DESK]
     senders, closers = _senders(deps, desk)
     if deps.telegram_bot is not None:
         desk.files = staff.TelegramFiles(deps.telegram_bot)
@@ -212,9 +235,9 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         await close()
 
 
-async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+@asynccontextmanager
+async def _scheduler(deps: Deps) -> AsyncIterator[None]:
     """The clock (reminders, escalations, expiries) in this process unless RUN_SCHEDULER=false."""
-    deps = app[DEPS]
     if not deps.settings.run_scheduler:
         yield
         return

@@ -8,6 +8,10 @@ little longer. So before each unit of background work (a message to process, a m
 send) a worker calls `Foreground.pause()`, which returns at once when no webhook is in
 flight and otherwise waits until none is — at most `MAX_PAUSE`, so that under an unbroken
 stream of webhooks the workers still move.
+
+On PostgreSQL the workers run on a thread and loop of their own (`bot/background.py`);
+their `pause()` then looks at the count every `POLL` seconds instead of awaiting the web
+loop's event.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from aiohttp import web
 
 MAX_PAUSE = 0.05  # seconds
+POLL = 0.002  # seconds, between looks from another thread's loop
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -31,6 +36,7 @@ class Foreground:
         self._in_flight = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the web loop, once counting
 
     @property
     def in_flight(self) -> int:
@@ -38,6 +44,8 @@ class Foreground:
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         self._in_flight += 1
         self._quiet.clear()
         try:
@@ -51,9 +59,15 @@ class Foreground:
         """Let the webhooks in flight go first (for up to `max_pause` seconds)."""
         if not self._in_flight:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.max_pause):
-                await self._quiet.wait()
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.max_pause):
+                    await self._quiet.wait()
+            return
+        end = loop.time() + self.max_pause
+        while self._in_flight and loop.time() < end:  # noqa: ASYNC110 (the event is the web loop's)
+            await asyncio.sleep(POLL)
 
     def middleware(
         self, prefix: str = "/webhooks/"

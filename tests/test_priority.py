@@ -67,3 +67,27 @@ async def test_the_middleware_counts_webhooks_only() -> None:
                 assert response.status in (200, 400)
     assert seen == {"/webhooks/whatsapp": 1, "/webhooks/fails": 1, "/admin": 0}
     assert foreground.in_flight == 0  # a failed webhook is counted out too
+
+
+async def test_a_worker_on_another_loop_waits_for_the_webhook_in_flight() -> None:
+    """The workers' thread (`bot/background.py`) has its own loop: its pause looks at the
+    count instead of awaiting the web loop's event, and still waits for the webhook."""
+    foreground = Foreground(max_pause=5.0)
+    order: list[str] = []
+    in_flight = asyncio.Event()
+
+    async def webhook() -> None:
+        with foreground.request():
+            in_flight.set()
+            await asyncio.sleep(0.2)
+            order.append("webhook answered")
+
+    def worker() -> None:
+        asyncio.run(foreground.pause())
+        order.append("worker went on")
+
+    task = asyncio.create_task(webhook())
+    await in_flight.wait()
+    await asyncio.to_thread(worker)
+    await task
+    assert order == ["webhook answered", "worker went on"]
