@@ -23,6 +23,8 @@ Which reminder is due at `now` (`plan`):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from calendar import monthrange
 from collections.abc import Callable, Sequence
@@ -56,6 +58,7 @@ NUDGE_AFTER = timedelta(hours=23)  # still inside WhatsApp's 24-hour customer-se
 WINDOW = timedelta(hours=24)
 RETRY_AFTER = timedelta(minutes=5)  # a ticket whose handling failed is looked at again then
 MAX_ROUNDS = 1000  # batches per pass: a bound, never reached in practice
+PLANNING = 1  # raise when `plan` decides differently: every open ticket is planned anew
 
 VERIFY_NUDGE = _(
     "Your request {ref} is still waiting for us to confirm who you are. Please reply here to "
@@ -290,6 +293,23 @@ def _nudge(
         due.append(Due(kind, facts.status_since, "", at, late=False))
 
 
+def policy_fingerprint(tenant: Tenant) -> str:
+    """What planning reads from a tenant's policy, hashed: a planned next look stays right
+    for exactly as long as this does not change."""
+    read = tenant.model_dump(
+        mode="json",
+        include={
+            "timezone",
+            "calendar",
+            "unverified_expire_after",
+            "pause_while_awaiting_requester",
+            "reminders",
+        },
+    )
+    text = json.dumps([PLANNING, read], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 # --- words -----------------------------------------------------------------------------
 
 
@@ -403,10 +423,13 @@ class ReminderPass:
     now: Callable[[], datetime] = utcnow
     batch: int = 250  # on SQLite a batch holds the write lock: ≈ 35 ms (bench.scheduler_pass)
     late_after: timedelta = LATE_AFTER
+    _policies_adopted: bool = field(default=False, init=False, repr=False)
 
     async def run(self) -> PassReport:
         """Act on everything due at this moment; returns what was done."""
         now = self.now()
+        if not self._policies_adopted:
+            await self.adopt_policies(now)
         report = PassReport()
         for _round in range(MAX_ROUNDS):
             async with transaction(self.sessions) as session:
@@ -425,6 +448,22 @@ class ReminderPass:
                 report.failed,
             )
         return report
+
+    async def adopt_policies(self, now: datetime) -> None:
+        """Once per process, before its first pass: the open tickets of a tenant whose
+        reminder policy is not the one they were planned under are planned again."""
+        async with transaction(self.sessions) as session:
+            for tenant in self.tenants:
+                unplanned = await store.adopt_policy(
+                    session, tenant=tenant.slug, fingerprint=policy_fingerprint(tenant), now=now
+                )
+                if unplanned is not None:
+                    log.info(
+                        "clock: %s has a new reminder policy; %d open tickets to plan again",
+                        tenant.slug,
+                        unplanned,
+                    )
+        self._policies_adopted = True
 
     async def _batch(
         self,

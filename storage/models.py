@@ -307,6 +307,21 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = _ts(nullable=True)
 
 
+class ClockPolicy(SQLModel, table=True):
+    """The reminder policy a tenant's open tickets were last planned under, as a fingerprint.
+
+    A planned `next_reminder_at` is only right for the policy it was planned with: a process
+    that loads a tenant whose fingerprint differs re-plans that tenant's open tickets
+    (`storage.reminders.adopt_policy`).
+    """
+
+    __tablename__ = "clock_policy"
+
+    tenant: str = Field(primary_key=True, max_length=64)
+    fingerprint: str = Field(max_length=64)
+    changed_at: datetime = _ts(default_now=True)
+
+
 class ReminderSent(SQLModel, table=True):
     """A reminder, escalation, nudge or expiry the clock acted on: the row is the claim.
 

@@ -5,7 +5,8 @@ index makes "what is due now" one range scan however many tickets are open). NUL
 "plan me": a ticket is born with it, and changing its `status` or `due_at` through the
 ORM sets it back to NULL (the listener beside the model in `storage.models`), so a new
 deadline is planned at the next pass whoever changed it. Code that changes those columns
-with a bulk UPDATE must set `next_reminder_at = NULL` itself.
+with a bulk UPDATE must set `next_reminder_at = NULL` itself. A changed reminder policy
+unplans its tenant's open tickets (`adopt_policy`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.crypto import blind_index
-from storage.enums import OutboxStatus
+from storage.enums import CLOSED_STATUSES, OutboxStatus
 from storage.models import (
+    ClockPolicy,
     ContactIdentity,
     Conversation,
     OutboundMessage,
@@ -40,6 +42,7 @@ _TICKET = Ticket.__table__  # type: ignore[attr-defined]
 _EVENT = TicketEvent.__table__  # type: ignore[attr-defined]
 _SENT = ReminderSent.__table__  # type: ignore[attr-defined]
 _OUTBOX = OutboundMessage.__table__  # type: ignore[attr-defined]
+_POLICY = ClockPolicy.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,34 @@ async def set_next(session: AsyncSession, when_by_ticket: Mapping[int, datetime]
     await connection.execute(
         statement, [{"ticket_id": k, "next_at": v} for k, v in when_by_ticket.items()]
     )
+
+
+async def adopt_policy(
+    session: AsyncSession, *, tenant: str, fingerprint: str, now: datetime
+) -> int | None:
+    """Record that `tenant`'s tickets are planned under `fingerprint`; when that is new,
+    unplan its open tickets (the next pass plans them again) and return how many.
+
+    INSERT … ON CONFLICT DO UPDATE … WHERE the fingerprint differs, RETURNING: a row comes
+    back only to the process that changed it (on PostgreSQL a second one starting at the
+    same time waits for the first to commit and then finds nothing to change).
+    """
+    values = {"tenant": tenant, "fingerprint": fingerprint, "changed_at": now}
+    insert = _insert(session)(_POLICY).values(**values)
+    statement = insert.on_conflict_do_update(
+        index_elements=["tenant"],
+        set_={"fingerprint": insert.excluded.fingerprint, "changed_at": insert.excluded.changed_at},
+        where=_POLICY.c.fingerprint != insert.excluded.fingerprint,
+    ).returning(_POLICY.c.tenant)
+    connection = await session.connection()
+    if (await connection.execute(statement)).first() is None:
+        return None
+    unplanned = await connection.execute(
+        sa.update(_TICKET)
+        .where(_TICKET.c.tenant == tenant, _TICKET.c.status.not_in(sorted(CLOSED_STATUSES)))
+        .values(next_reminder_at=None)
+    )
+    return int(unplanned.rowcount)
 
 
 async def histories(session: AsyncSession, ticket_ids: Sequence[int]) -> dict[int, list[Step]]:

@@ -750,9 +750,11 @@ async def test_staff_reminders_of_a_batch_cost_a_few_statements_not_a_few_per_ti
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement.split(None, 1)[0].upper())
 
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW))
+    await job.adopt_policies(NOW)  # once per process, before its first pass
     sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
     try:
-        report = await ReminderPass(sessions, Tenants([PK]), now=Clock(NOW)).run()
+        report = await job.run()
     finally:
         sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
     assert (report.looked_at, report.sent) == (30, 30)
@@ -852,6 +854,35 @@ async def test_a_clock_stopped_while_awaiting_the_requester_moves_the_deadline(
         moved.kind == "deadline_moved"
         and moved.data["due_at"] == (start + timedelta(seconds=160)).isoformat()
     )
+
+
+async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
+    sessions: SessionFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(OPEN_SINCE)
+    open_id = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
+    closed_id = await file_ticket(
+        sessions, PK, received=OPEN_SINCE, due_at=THU, status=TicketStatus.RESOLVED
+    )
+    assert (await ReminderPass(sessions, Tenants([PK]), now=clock).run()).looked_at == 2
+    assert (await ticket_row(sessions, open_id)).next_reminder_at == utc(2026, 3, 9, 18, 59, 59)
+
+    # Restarted with a reminder five business days ahead: Thursday 5 March, 23:59:59 PKT.
+    earlier = policy(reminders={"before": ["5 business days", "1 business day"]})
+    clock.at = utc(2026, 3, 5, 19, 0)
+    with caplog.at_level(logging.INFO, logger="bot.reminders"):
+        report = await ReminderPass(sessions, Tenants([earlier]), now=clock).run()
+    assert (report.looked_at, report.sent) == (1, 1)
+    async with sessions() as session:
+        (sent,) = await store.sent_for(session, open_id)
+    assert (sent.slot, sent.late) == ("5 business days", False)
+    assert "test-desk has a new reminder policy; 1 open tickets to plan again" in caplog.text
+    assert (await ticket_row(sessions, closed_id)).next_reminder_at == store.NEVER
+
+    # Another process with the same policy finds it adopted and nothing to plan again.
+    assert (await ReminderPass(sessions, Tenants([earlier]), now=clock).run()).looked_at == 0
+    planned = await ticket_row(sessions, open_id)
+    assert planned.next_reminder_at == utc(2026, 3, 11, 18, 59, 59)  # 1 business day before
 
 
 # --- two schedulers, one PostgreSQL database ------------------------------------------
