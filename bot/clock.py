@@ -98,7 +98,7 @@ class BusinessCalendar:
     holidays beyond the package's confirmed tables are its estimates.
     """
 
-    __slots__ = ("_country", "_subdiv", "_tz", "_years")
+    __slots__ = ("_business", "_country", "_subdiv", "_tz", "_years")
 
     def __init__(self, country: str, tz: ZoneInfo | str, subdiv: str | None = None) -> None:
         try:
@@ -114,6 +114,7 @@ class BusinessCalendar:
         self._subdiv = subdiv
         self._tz = tz
         self._years: dict[int, holidays.HolidayBase] = {}
+        self._business: dict[date, bool] = {}  # answers so far: a scheduler pass asks often
 
     def __repr__(self) -> str:
         subdiv = f", subdiv={self._subdiv!r}" if self._subdiv else ""
@@ -147,7 +148,10 @@ class BusinessCalendar:
         """Whether `day` is neither a weekend day nor a public holiday."""
         if isinstance(day, datetime):
             raise TypeError("pass a local date, not a datetime (use local_date())")
-        return bool(self._year(day.year).is_working_day(day))
+        known = self._business.get(day)
+        if known is None:
+            known = self._business[day] = bool(self._year(day.year).is_working_day(day))
+        return known
 
     def next_business_day(self, day: date) -> date:
         """The first business day strictly after `day`."""

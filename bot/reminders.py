@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -121,6 +121,13 @@ def shift(moment: datetime, amount: int, unit: Unit, calendar: BusinessCalendar)
         return moment
     if unit in _ELAPSED:
         return moment + _ELAPSED[unit] * amount
+    return _shift_days(moment.astimezone(UTC), amount, unit, calendar)
+
+
+@lru_cache(maxsize=1 << 14)  # ≈ 4 MB when full
+def _shift_days(moment: datetime, amount: int, unit: Unit, calendar: BusinessCalendar) -> datetime:
+    """`shift` on the calendar, remembered: deadlines end their local day, so the tickets
+    of a pass share a few thousand of them, each moved by the same few offsets."""
     local = moment.astimezone(calendar.tz)
     day = local.date()
     if unit is Unit.DAYS:
