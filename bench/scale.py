@@ -546,6 +546,13 @@ async def scheduler_pass(
         out["cold_by_kind"] = cold["by_kind"]
     if warm:
         out |= {"warm_seconds": warm["seconds"], "warm_looked_at": warm["looked_at"]}
+    policy = next((x for x in lines if x["pass"] == "new policy"), None)
+    if policy:
+        out |= {
+            "new_policy_seconds": policy["seconds"],
+            "new_policy_looked_at": policy["looked_at"],
+            "new_policy_sent": policy["sent"],
+        }
     day = next((x for x in lines if x["pass"] == "day later"), None)
     if day:
         out |= {
@@ -735,6 +742,10 @@ def render(results: list[dict[str, Any]]) -> str:
             if "warm_seconds" in sp:
                 rows.append((db, "scheduler pass, warm, nothing due (s)", sp["warm_seconds"],
                              "", ""))  # fmt: skip
+            if "new_policy_seconds" in sp:
+                rows.append((db, f"scheduler pass, new reminder policy: "
+                             f"{sp['new_policy_looked_at']:,} tickets planned again (s)",
+                             sp["new_policy_seconds"], "", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
             if "day_later_seconds" in sp:
                 rows.append((db, f"scheduler pass, a day's work at once: {sp['day_later_sent']:,} "
                              f"sent of {sp['day_later_looked_at']:,} tickets (s)",

@@ -3,16 +3,18 @@
 SQLite has one writer at a time. A transaction that writes (`transaction()`, or
 `engine.begin()`) starts with `BEGIN IMMEDIATE`, taking the write lock up front so that two
 writers queue rather than deadlock upgrading read locks; inside one process writers also
-queue on an `asyncio.Lock` first, so a waiting writer awaits its turn instead of sleeping
-in SQLite's busy handler (1, 2, 5 … 100 ms between tries, which put 0.5–1.5 s tails on
-webhooks: `bench/README.md`). A plain session (`sessions()` without `transaction()`) only
-reads: it starts with a deferred `BEGIN` and, under WAL, never waits for a writer.
+queue for a turn first (`WriteTurns`), so a waiting writer awaits its turn instead of
+sleeping in SQLite's busy handler (1, 2, 5 … 100 ms between tries, which put 0.5–1.5 s tails
+on webhooks: `bench/README.md`); a webhook's write goes before the workers' waiting ones.
+A plain session (`sessions()` without `transaction()`) only reads: it starts with a
+deferred `BEGIN` and, under WAL, never waits for a writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,8 +76,50 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
 
 _READ_ONLY = "rightsdesk_read_only"
-_WRITERS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 WRITER_WAIT = 30.0  # seconds, as SQLite's own busy_timeout
+
+
+class WriteTurns:
+    """One writer at a time, urgent ones first: a lock with two queues, each in order.
+
+    A webhook's INSERT (urgent) waits for the write under way, never for the workers'
+    transactions queued behind it; a worker still gets its turn whenever no webhook waits.
+    A released turn passes straight to the next waiter, so no newcomer slips in between.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not f.done() for f in (*self._urgent, *self._others))
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        if not self._held and not self.waiting:
+            self._held = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._others).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # granted as it was cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._others):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():  # a cancelled waiter is skipped
+                    turn.set_result(None)
+                    return
+        self._held = False
+
+
+_WRITERS: weakref.WeakKeyDictionary[Any, WriteTurns] = weakref.WeakKeyDictionary()
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:
@@ -102,17 +146,20 @@ async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
 
 
 @asynccontextmanager
-async def writing(engine: AsyncEngine) -> AsyncIterator[None]:
-    """On SQLite, this process's turn to write to `engine`'s database; elsewhere nothing."""
+async def writing(engine: AsyncEngine, *, urgent: bool = False) -> AsyncIterator[None]:
+    """On SQLite, this process's turn to write to `engine`'s database (`urgent`: before
+    the others waiting); elsewhere nothing."""
     if not _is_sqlite(engine):
         yield
         return
-    writers = _WRITERS.setdefault(engine.sync_engine.pool, asyncio.Lock())
+    writers = _WRITERS.get(engine.sync_engine.pool)
+    if writers is None:
+        writers = _WRITERS[engine.sync_engine.pool] = WriteTurns()
     try:
-        # Not wait_for: on 3.11 it runs acquire() as a task of its own, whose lock is lost
+        # Not wait_for: on 3.11 it runs acquire() as a task of its own, whose turn is lost
         # when the wait is cancelled just as it is granted.
         async with asyncio.timeout(WRITER_WAIT):
-            await writers.acquire()
+            await writers.acquire(urgent=urgent)
     except TimeoutError:
         raise sa.exc.OperationalError(
             "BEGIN IMMEDIATE", None, Exception("database is locked (waited for a writer)")

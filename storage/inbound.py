@@ -145,8 +145,9 @@ def _insert_sql(dialect: Dialect, *, rows: int, returning: str) -> str:
 
 
 async def _on_driver(engine: AsyncEngine, sql: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
-    """`call(driver connection)` on a pooled connection, SQLite's write turn held."""
-    async with writing(engine):
+    """`call(driver connection)` on a pooled connection, SQLite's write turn held (a
+    webhook's: before the workers' transactions waiting for theirs)."""
+    async with writing(engine, urgent=True):
         connection = await engine.raw_connection()
         try:
             return await call(connection.driver_connection)

@@ -155,7 +155,11 @@ async def adopt_policy(
         return None
     unplanned = await connection.execute(
         sa.update(_TICKET)
-        .where(_TICKET.c.tenant == tenant, _TICKET.c.status.not_in(sorted(CLOSED_STATUSES)))
+        .where(
+            _TICKET.c.tenant == tenant,
+            _TICKET.c.status.not_in(sorted(CLOSED_STATUSES)),
+            _TICKET.c.next_reminder_at.is_not(None),  # unplanned already: left as they are
+        )
         .values(next_reminder_at=None)
     )
     return int(unplanned.rowcount)
