@@ -8,7 +8,10 @@ before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
 - `uvloop`: the event loop of uvloop (libuv) instead of asyncio's own;
 - `gc-threshold`: the collector's thresholds from BENCH_GC_THRESHOLD ("20000,10,10");
 - `gc-log`: every garbage collection that pauses the process for 5 ms or more is printed
-  to the service log (`gc pause <generation> <ms> ms`), to see what the tails are made of.
+  to the service log (`gc pause <generation> <ms> ms`), to see what the tails are made of;
+- `turns-log`: on SQLite, every write turn (`storage.db.WriteTurns`) held for 10 ms or
+  more, or waited for 10 ms or more, is printed with the code that took it
+  (`turn held|waited <ms> ms <file:function>`).
 
     BENCH_VARIANT=sqlite-one-connection DATABASE_URL=... python -m bench.serve_variant
 """
@@ -16,11 +19,14 @@ before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import storage.db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _patched_create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -60,7 +66,44 @@ def _log_gc_pauses() -> None:
     gc.callbacks.append(callback)
 
 
+def _log_write_turns() -> None:
+    import asyncio
+    import sys
+    import time
+    import traceback
+
+    held: dict[object, tuple[float, str]] = {}
+    acquire, release = storage.db.WriteTurns.acquire, storage.db.WriteTurns.release
+
+    def caller() -> str:
+        for frame in reversed(traceback.extract_stack(limit=25)):
+            ours = str(ROOT) in frame.filename and "/.venv/" not in frame.filename
+            if ours and not frame.filename.endswith(("storage/db.py", "serve_variant.py")):
+                return f"{frame.filename.rsplit('/', 2)[-1]}:{frame.name}"
+        return "?"
+
+    async def timed_acquire(self: Any, *, urgent: bool = False) -> None:
+        started = time.perf_counter()
+        await acquire(self, urgent=urgent)
+        now, where = time.perf_counter(), caller()
+        if now - started >= 0.010:
+            print(f"turn waited {(now - started) * 1000:.1f} ms {where}", file=sys.stderr)
+        held[asyncio.current_task()] = (now, where)
+
+    def timed_release(self: Any) -> None:
+        taken = held.pop(asyncio.current_task(), None)
+        if taken is not None and time.perf_counter() - taken[0] >= 0.010:
+            ms = (time.perf_counter() - taken[0]) * 1000
+            print(f"turn held {ms:.1f} ms {taken[1]}", file=sys.stderr)
+        release(self)
+
+    storage.db.WriteTurns.acquire = timed_acquire  # type: ignore[method-assign]
+    storage.db.WriteTurns.release = timed_release  # type: ignore[method-assign]
+
+
 def main() -> None:
+    if "turns-log" in os.environ.get("BENCH_VARIANT", ""):
+        _log_write_turns()
     if "gc-log" in os.environ.get("BENCH_VARIANT", ""):
         _log_gc_pauses()
     if "gc-threshold" in os.environ.get("BENCH_VARIANT", ""):
