@@ -546,20 +546,11 @@ async def scheduler_pass(
         out["cold_by_kind"] = cold["by_kind"]
     if warm:
         out |= {"warm_seconds": warm["seconds"], "warm_looked_at": warm["looked_at"]}
-    policy = next((x for x in lines if x["pass"] == "new policy"), None)
-    if policy:
-        out |= {
-            "new_policy_seconds": policy["seconds"],
-            "new_policy_looked_at": policy["looked_at"],
-            "new_policy_sent": policy["sent"],
-        }
-    day = next((x for x in lines if x["pass"] == "day later"), None)
-    if day:
-        out |= {
-            "day_later_seconds": day["seconds"],
-            "day_later_looked_at": day["looked_at"],
-            "day_later_sent": day["sent"],
-        }
+    for name in ("new policy", "day later"):
+        found = next((x for x in lines if x["pass"] == name), None)
+        if found:
+            key = name.replace(" ", "_")
+            out |= {f"{key}_{figure}": found[figure] for figure in ("seconds", "looked_at", "sent")}
     if sampler is not None:
         sampler.wait(timeout=30)
         out["profile"] = summarize_profile(workdir / f"profile-pass-{kind}.txt", top=40)

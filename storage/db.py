@@ -97,7 +97,7 @@ class WriteTurns:
         return sum(not f.done() for f in (*self._urgent, *self._others))
 
     async def acquire(self, *, urgent: bool = False) -> None:
-        if not self._held and not self.waiting:
+        if not self._held:  # free: nobody waits either (a release hands the turn on)
             self._held = True
             return
         turn = asyncio.get_running_loop().create_future()
