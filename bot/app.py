@@ -34,6 +34,7 @@ from storage import crypto
 from storage.db import create_engine, is_empty, migrate, session_factory
 from storage.desk_models import DeskFile
 from storage.enums import Channel
+from storage.inbound import Journal
 from storage.models import InboundMessage, utcnow
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def create_app(
         metrics=metrics,
         now=now,
         mail=EmailSender(make_mailer(settings), settings.secret(), mail_from=settings.mail_from),
+        journal=Journal.beside(settings.database_url),
     )
     app = web.Application(client_max_size=MAX_BODY, middlewares=[deps.foreground.middleware()])
     app[DEPS] = deps
@@ -83,12 +85,17 @@ def create_app(
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    """Open the engine; a brand-new SQLite database is migrated on the spot."""
+    """Open the engine (and a SQLite file's journal); a brand-new SQLite database is
+    migrated on the spot."""
     deps = app[DEPS]
     if deps.settings.is_sqlite and await is_empty(deps.engine):
         log.info("empty SQLite database: applying migrations")
         await migrate(deps.engine)
+    if deps.journal is not None:
+        await deps.journal.open()
     yield
+    if deps.journal is not None:
+        await deps.journal.close()
     await deps.engine.dispose()
 
 
@@ -223,6 +230,7 @@ async def _workers(deps: Deps, desk: Desk) -> AsyncIterator[None]:
         now=deps.now,
         concurrency=1 if settings.is_sqlite else INBOX_CONCURRENCY,
         pause=deps.foreground.pause,
+        journal=deps.journal,
     )
     inbox_worker.after_commit.append(outbox_worker.wake)
     deps.wakers.append(inbox_worker.wake)

@@ -282,6 +282,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     from storage import rotation
+    from storage.inbound import Journal
 
     if args.new_key:
         print(crypto.new_key())
@@ -291,10 +292,16 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
     async def run() -> rotation.Report:
         engine = create_engine(settings.database_url)
+        journal = Journal.beside(settings.database_url)
         try:
             await migrate_if_sqlite(engine, settings)
-            return await rotation.rotate(engine, batch=args.batch)
+            if journal is None or not journal.path.exists():
+                return await rotation.rotate(engine, batch=args.batch)
+            await journal.open()
+            return await rotation.rotate(engine, batch=args.batch, journal=journal.engine)
         finally:
+            if journal is not None:
+                await journal.close()
             await engine.dispose()
 
     report = asyncio.run(run())

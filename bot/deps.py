@@ -13,6 +13,7 @@ from bot.priority import Foreground
 from bot.settings import Settings
 from bot.tenants import Tenants
 from storage.db import SessionFactory
+from storage.inbound import Journal
 from storage.models import utcnow
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Deps:
     telegram_bot: Any = None  # telegram.ext.ExtBot when the channel is on
     wakers: list[Callable[[], None]] = field(default_factory=list)
     foreground: Foreground = field(default_factory=Foreground)  # webhooks before workers
+    journal: Journal | None = None  # a SQLite file's: where webhooks store first
 
     def wake_inbox(self) -> None:
         """Tell this process's inbox worker that a message was just stored."""

@@ -57,6 +57,8 @@ class InboxWorker:
     # Awaited before each message: the web process lets webhooks in flight go first
     # (bot.priority).
     pause: Callable[[], Awaitable[None]] | None = None
+    # On a SQLite file the webhooks store into a journal of their own: moved in per claim.
+    journal: inbound.Journal | None = None
 
     def __post_init__(self) -> None:
         self.poller = Poller("inbox", self.run_once, self.idle_wait)
@@ -65,11 +67,16 @@ class InboxWorker:
         self.poller.wake()
 
     async def run_once(self) -> int:
-        """Process one batch of due messages; how many were claimed."""
+        """Process one batch of due messages; how many were claimed (or else moved in)."""
+        moving = await self.journal.take() if self.journal is not None else []
         async with transaction(self.sessions) as session:
+            if self.journal is not None:
+                await self.journal.move(session, moving)
             claimed = await inbound.claim(
                 session, now=self.now(), lease=self.lease, limit=self.batch
             )
+        if self.journal is not None:
+            await self.journal.forget(moving)
         if self.concurrency > 1 and len(claimed) > 1:
             gate = asyncio.Semaphore(self.concurrency)
 
@@ -84,7 +91,7 @@ class InboxWorker:
         if claimed:
             for hook in self.after_commit:
                 hook()
-        return len(claimed)
+        return len(claimed) or len(moving)
 
     async def _process(self, claimed: InboundMessage) -> None:
         assert claimed.id is not None

@@ -156,6 +156,7 @@ async def store_update(deps: Deps, data: dict[str, Any]) -> int | None:
     update = Update.de_json(dict(data), deps.telegram_bot)
     return await inbound_store.store_now(
         deps.engine,
+        journal=deps.journal,
         channel=Channel.TELEGRAM,
         provider_id=str(data["update_id"]),
         kind="callback" if update.callback_query else "message",

@@ -40,6 +40,8 @@ async def metrics(request: web.Request) -> web.Response:
         async with deps.sessions() as session:
             deps.metrics.outbox_depth.set(await outbox.depth(session))
             waiting, parked = await inbound.counts(session)
+            if deps.journal is not None:
+                waiting += await deps.journal.waiting()
             deps.metrics.inbox_depth.set(waiting)
             deps.metrics.inbox_parked.set(parked)
     except (SQLAlchemyError, OSError):

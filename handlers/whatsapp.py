@@ -128,7 +128,9 @@ async def _read_form(request: web.Request) -> dict[str, Any]:
 
 
 async def _store(deps: Deps, **fields: Any) -> int | None:
-    return await inbound_store.store_now(deps.engine, now=deps.now(), **fields)
+    return await inbound_store.store_now(
+        deps.engine, journal=deps.journal, now=deps.now(), **fields
+    )
 
 
 async def receive_message(request: web.Request) -> web.Response:

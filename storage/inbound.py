@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,7 +21,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.crypto import blind_index
-from storage.db import writing
+from storage.db import create_engine, writing
 from storage.models import InboundMessage
 
 _T = InboundMessage.__table__  # type: ignore[attr-defined]
@@ -85,6 +86,7 @@ _STORE_COLUMNS = (
 async def store_now(
     engine: AsyncEngine,
     *,
+    journal: Journal | None = None,
     channel: str,
     provider_id: str,
     kind: str,
@@ -112,9 +114,10 @@ async def store_now(
         value if convert is None else convert(value)
         for value, convert in zip(raw, converters, strict=True)
     ]
-    group = _GROUPS.get(engine.sync_engine.pool)
+    target, table = (engine, _T.name) if journal is None else (journal.engine, Journal.TABLE)
+    group = _GROUPS.get(target.sync_engine.pool)
     if group is None:
-        group = _GROUPS[engine.sync_engine.pool] = _GroupCommit(engine)
+        group = _GROUPS[target.sync_engine.pool] = _GroupCommit(target, table)
     return await group.store((channel, provider_id), params)
 
 
@@ -129,7 +132,7 @@ def _converters(dialect: Dialect) -> tuple[Callable[[Any], Any] | None, ...]:
 _CONVERTERS: dict[tuple[str, str], tuple[Callable[[Any], Any] | None, ...]] = {}
 
 
-def _insert_sql(dialect: Dialect, *, rows: int, returning: str) -> str:
+def _insert_sql(dialect: Dialect, *, rows: int, returning: str | None, table: str = _T.name) -> str:
     width = len(_STORE_COLUMNS)
     if dialect.name == "postgresql":
         groups = [
@@ -139,26 +142,40 @@ def _insert_sql(dialect: Dialect, *, rows: int, returning: str) -> str:
     else:
         groups = ["(" + ", ".join("?" * width) + ")"] * rows
     return (
-        f"INSERT INTO {_T.name} ({', '.join(_STORE_COLUMNS)}) VALUES {', '.join(groups)} "
-        f"ON CONFLICT (channel, provider_id) DO NOTHING RETURNING {returning}"
+        f"INSERT INTO {table} ({', '.join(_STORE_COLUMNS)}) VALUES {', '.join(groups)} "
+        "ON CONFLICT (channel, provider_id) DO NOTHING"
+        + (f" RETURNING {returning}" if returning else "")
     )
 
 
-async def _on_driver(engine: AsyncEngine, sql: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
-    """`call(driver connection)` on a pooled connection, SQLite's write turn held (a
-    webhook's: before the workers' transactions waiting for theirs)."""
-    async with writing(engine, urgent=True):
-        connection = await engine.raw_connection()
-        try:
-            return await call(connection.driver_connection)
-        except (asyncio.CancelledError, SQLAlchemyError) as exc:
-            await _drop_if_broken(connection, exc)
-            raise
-        except Exception as exc:  # the driver's own (sqlite3, asyncpg, OSError)
-            await _drop_if_broken(connection, exc)
-            raise sa.exc.OperationalError(sql, None, exc) from exc
-        finally:
-            await greenlet_spawn(connection.close)  # back to the pool, reset as SQLAlchemy does
+async def _on_driver(
+    engine: AsyncEngine,
+    sql: str,
+    call: Callable[[Any], Awaitable[Any]],
+    *,
+    urgent: bool = True,
+) -> Any:
+    """`call(driver connection)` on a pooled connection, SQLite's write turn held (`urgent`,
+    a webhook's: before the workers' transactions waiting for theirs)."""
+    async with writing(engine, urgent=urgent):
+        return await _on_connection(engine, sql, call)
+
+
+async def _on_connection(
+    engine: AsyncEngine, sql: str, call: Callable[[Any], Awaitable[Any]]
+) -> Any:
+    """`call(driver connection)` on a pooled connection; driver errors as SQLAlchemy's."""
+    connection = await engine.raw_connection()
+    try:
+        return await call(connection.driver_connection)
+    except (asyncio.CancelledError, SQLAlchemyError) as exc:
+        await _drop_if_broken(connection, exc)
+        raise
+    except Exception as exc:  # the driver's own (sqlite3, asyncpg, OSError)
+        await _drop_if_broken(connection, exc)
+        raise sa.exc.OperationalError(sql, None, exc) from exc
+    finally:
+        await greenlet_spawn(connection.close)  # back to the pool, reset as SQLAlchemy does
 
 
 @dataclass(eq=False)
@@ -180,8 +197,9 @@ class _GroupCommit:
 
     MAX_ROWS = 500  # × 9 values, well inside SQLite's 32,766 parameters
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, table: str) -> None:
         self._engine = weakref.ref(engine)  # held by the pool's entry in _GROUPS: not owned
+        self._table = table
         self._queue: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -203,7 +221,12 @@ class _GroupCommit:
         try:
             if engine is None:
                 raise sa.exc.OperationalError("INSERT", None, Exception("engine disposed"))
-            sql = _insert_sql(engine.dialect, rows=len(batch), returning="channel, provider_id, id")
+            sql = _insert_sql(
+                engine.dialect,
+                rows=len(batch),
+                returning="channel, provider_id, id",
+                table=self._table,
+            )
             values = [value for waiting in batch for value in waiting.params]
             postgres = engine.dialect.name == "postgresql"
 
@@ -255,6 +278,83 @@ async def _drop_if_broken(connection: Any, exc: BaseException) -> None:
     if isinstance(exc, asyncpg.PostgresError):
         return
     await greenlet_spawn(connection.invalidate)
+
+
+class Journal:
+    """SQLite only: a file of its own where the webhooks store their messages first.
+
+    SQLite has one writer per file, and under load the inbox worker's transaction for one
+    message holds it 18 ms on average (`bench/README.md`, session 6): a webhook arriving
+    meanwhile waited for it, which put SQLite's p99 over 50 ms at 200 messages a second.
+    Here a webhook's INSERT takes the journal's write lock, which only the webhooks and
+    `forget` take. The inbox worker copies what the journal holds into `inbound_message` at
+    the start of each claim, inside the claim's transaction, and deletes it from the journal
+    once that has committed. A crash between the two copies it again, and the main table's
+    unique (channel, provider_id) drops the repeat: a message is neither lost nor taken
+    twice. Journal ids only grow (AUTOINCREMENT), so "moved up to id N" is exact.
+    """
+
+    TABLE = "inbound_journal"
+    MOVE = 500  # rows copied into the main database per claim, at most
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engine = create_engine(f"sqlite+aiosqlite:///{path}")
+
+    @classmethod
+    def beside(cls, database_url: str) -> Journal | None:
+        """The journal of a SQLite database file (`x.db` → `x.inbox.db`); None otherwise."""
+        url = sa.make_url(database_url)
+        if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+            return None
+        path = Path(str(url.database))
+        return cls(path.with_name(f"{path.stem}.inbox{path.suffix or '.db'}"))
+
+    async def open(self) -> None:
+        """Create the journal's table on its first start (it holds rows in flight only:
+        no migrations, the main database's `inbound_message` columns as stored)."""
+        sql = (
+            f"CREATE TABLE IF NOT EXISTS {self.TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            f"{', '.join(_STORE_COLUMNS)}, UNIQUE (channel, provider_id))"
+        )
+        await _on_driver(self.engine, sql, lambda driver: driver.execute_fetchall(sql))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def take(self) -> list[tuple[Any, ...]]:
+        """The oldest rows, id first, `MOVE` at most (a read: no lock, no turn)."""
+        sql = (
+            f"SELECT id, {', '.join(_STORE_COLUMNS)} FROM {self.TABLE} "
+            f"ORDER BY id LIMIT {self.MOVE}"
+        )
+        rows = await _on_connection(self.engine, sql, lambda driver: driver.execute_fetchall(sql))
+        return [tuple(row) for row in rows]
+
+    async def move(self, session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Copy `rows` (from `take`) into `inbound_message` in `session`'s transaction; a
+        message already there (moved before a crash, or a provider's repeat) is skipped."""
+        if not rows:
+            return
+        connection = await session.connection()
+        sql = _insert_sql(connection.dialect, rows=1, returning=None)
+        await connection.exec_driver_sql(sql, [tuple(row[1:]) for row in rows])
+
+    async def forget(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Delete what `move` copied and its transaction committed."""
+        if not rows:
+            return
+        sql = f"DELETE FROM {self.TABLE} WHERE id <= ?"
+        last = rows[-1][0]
+        await _on_driver(
+            self.engine, sql, lambda driver: driver.execute_fetchall(sql, (last,)), urgent=False
+        )
+
+    async def waiting(self) -> int:
+        """Messages stored and not yet moved (for /metrics)."""
+        sql = f"SELECT count(*) FROM {self.TABLE}"
+        rows = await _on_connection(self.engine, sql, lambda driver: driver.execute_fetchall(sql))
+        return int(next(iter(rows))[0])
 
 
 async def claim(

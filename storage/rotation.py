@@ -8,10 +8,12 @@ finds nothing to do.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import crypto
 
@@ -39,52 +41,69 @@ def _table(name: str, column: str) -> sa.TableClause:
     return sa.table(name, sa.column("id", sa.Integer), sa.column(column, sa.Text))
 
 
-async def rotate(engine: AsyncEngine, *, batch: int = BATCH) -> Report:
-    """Re-seal under the keyring's current key whatever another key sealed."""
+async def rotate(
+    engine: AsyncEngine, *, batch: int = BATCH, journal: AsyncEngine | None = None
+) -> Report:
+    """Re-seal under the keyring's current key whatever another key sealed (and, on
+    SQLite, the messages still in the webhooks' `journal`, not yet moved in)."""
     ring = crypto.keyring()
     report = Report(current=ring.current)
-    prefix = f"{crypto.VERSION}:{ring.current}:"
-    for name, column, _is_json in crypto.SEALED_COLUMNS:
-        context = f"{name}.{column}"
-        table = _table(name, column)
-        value = table.c[column]
-        resealed = unreadable = 0
-        last = 0
-        while True:
-            async with engine.begin() as conn:
-                rows = (
-                    await conn.execute(
-                        sa.select(table.c.id, value)
-                        .where(
-                            table.c.id > last,
-                            value.is_not(None),
-                            value != crypto.EMPTY,
-                            sa.not_(value.startswith(prefix, autoescape=True)),
-                        )
-                        .order_by(table.c.id)
-                        .limit(batch)
-                    )
-                ).all()
-                for row_id, old in rows:
-                    try:
-                        new = ring.seal(ring.open(old, context=context), context=context)
-                    except crypto.SealError:
-                        unreadable += 1
-                        continue
-                    done = await conn.execute(
-                        table.update()
-                        .where(table.c.id == row_id, value == old)
-                        .values({column: new})
-                    )
-                    resealed += done.rowcount
-            if not rows:
-                break
-            last = rows[-1][0]
-        report.resealed[context] = resealed
+    columns = [
+        (engine, name, column, f"{name}.{column}") for name, column, _ in crypto.SEALED_COLUMNS
+    ]
+    if journal is not None:
+        columns.append((journal, "inbound_journal", "payload", "inbound_message.payload"))
+    for where, name, column, context in columns:
+        resealed, unreadable = await _rotate_column(where, ring, name, column, context, batch)
+        report.resealed[f"{name}.{column}"] = resealed
         if unreadable:
-            report.unreadable[context] = unreadable
+            report.unreadable[f"{name}.{column}"] = unreadable
     await _rotate_files(engine, ring, report, batch)
     return report
+
+
+async def _batches(
+    engine: AsyncEngine, table: sa.TableClause, query: sa.Select[Any], batch: int
+) -> AsyncIterator[tuple[AsyncConnection, Sequence[Any]]]:
+    """`query`'s rows in id order, `batch` at a time, each batch in a transaction of its own
+    (committed when the caller asks for the next)."""
+    last = 0
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(query.where(table.c.id > last).order_by(table.c.id).limit(batch))
+            ).all()
+            if not rows:
+                return
+            yield conn, rows
+        last = rows[-1][0]
+
+
+async def _rotate_column(
+    engine: AsyncEngine, ring: crypto.Keyring, name: str, column: str, context: str, batch: int
+) -> tuple[int, int]:
+    """(values re-sealed, values no key opens) of one sealed column."""
+    prefix = f"{crypto.VERSION}:{ring.current}:"
+    table = _table(name, column)
+    value = table.c[column]
+    query = sa.select(table.c.id, value).where(
+        value.is_not(None),
+        value != crypto.EMPTY,
+        sa.not_(value.startswith(prefix, autoescape=True)),
+    )
+    resealed = unreadable = 0
+    async for conn, rows in _batches(engine, table, query, batch):
+        for row_id, old in rows:
+            try:
+                new = ring.seal(ring.open(old, context=context), context=context)
+            except crypto.SealError:
+                unreadable += 1
+                continue
+            done = await conn.execute(
+                table.update().where(table.c.id == row_id, value == old).values({column: new})
+            )
+            resealed += done.rowcount
+    return resealed, unreadable
 
 
 async def _rotate_files(
@@ -99,34 +118,20 @@ async def _rotate_files(
         sa.column("sealed", sa.LargeBinary),
     )
     prefix = f"{crypto.VERSION}:{ring.current}:".encode()
+    query = sa.select(table.c.id, table.c.ticket_id, table.c.seal_id, table.c.sealed)
     resealed = unreadable = 0
-    last = 0
-    while True:
-        async with engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(table.c.id, table.c.ticket_id, table.c.seal_id, table.c.sealed)
-                    .where(table.c.id > last)
-                    .order_by(table.c.id)
-                    .limit(batch)
-                )
-            ).all()
-            for row_id, ticket_id, seal_id, old in rows:
-                if bytes(old).startswith(prefix):
-                    continue
-                context = f"desk_file:{ticket_id}:{seal_id}"
-                try:
-                    new = ring.seal_bytes(ring.open_bytes(old, context=context), context=context)
-                except crypto.SealError:
-                    unreadable += 1
-                    continue
-                done = await conn.execute(
-                    table.update().where(table.c.id == row_id).values(sealed=new)
-                )
-                resealed += done.rowcount
-        if not rows:
-            break
-        last = rows[-1][0]
+    async for conn, rows in _batches(engine, table, query, batch):
+        for row_id, ticket_id, seal_id, old in rows:
+            if bytes(old).startswith(prefix):
+                continue
+            context = f"desk_file:{ticket_id}:{seal_id}"
+            try:
+                new = ring.seal_bytes(ring.open_bytes(old, context=context), context=context)
+            except crypto.SealError:
+                unreadable += 1
+                continue
+            done = await conn.execute(table.update().where(table.c.id == row_id).values(sealed=new))
+            resealed += done.rowcount
     report.resealed["desk_file.sealed"] = resealed
     if unreadable:
         report.unreadable["desk_file.sealed"] = unreadable
