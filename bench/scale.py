@@ -534,10 +534,12 @@ async def scheduler_pass(
     cold = next((x for x in lines if x["pass"] == "cold"), None)
     warm = next((x for x in lines if x["pass"] == "warm"), None)
     seconds = cold["seconds"] if cold else elapsed
+    if cold:  # the database no longer tells: the "new policy" pass unplans them again
+        done = cold["looked_at"]
     out |= {
         "cold_finished": cold is not None,
         "cold_seconds": round(seconds, 3),
-        "cold_looked_at": cold["looked_at"] if cold else done,
+        "cold_looked_at": done,
         "cold_tickets_per_s": round(done / seconds, 1) if seconds else None,
         "cold_estimate_for_all_s": round(unplanned / (done / seconds), 1) if done else None,
     }

@@ -261,6 +261,38 @@ class Place:
     thread_id: int | None = None
     reply_to: int | None = None
 
+    @classmethod
+    def of_ticket(cls, ticket: Ticket, chat: int) -> Place:
+        """The ticket's place in the staff chat: its topic, or else under its card."""
+        if ticket.staff_thread_id is not None:
+            return cls(chat, thread_id=ticket.staff_thread_id)
+        return cls(chat, reply_to=ticket.staff_message_id)
+
+
+def post_to_staff(
+    session: AsyncSession,
+    place: Place,
+    payload: dict[str, Any],
+    *,
+    tenant: str,
+    ticket_id: int | None,
+    dedupe_key: str,
+) -> None:
+    """Queue one Telegram message to `place` (its topic, the message it answers)."""
+    if place.thread_id is not None:
+        payload["thread_id"] = place.thread_id
+    if place.reply_to is not None:
+        payload["reply_to"] = place.reply_to
+    outbox.enqueue(
+        session,
+        channel=Channel.TELEGRAM,
+        recipient=str(place.chat),
+        tenant=tenant,
+        ticket_id=ticket_id,
+        payload=payload,
+        dedupe_key=dedupe_key,
+    )
+
 
 class DownloadState(StrEnum):
     READY = "ready"
@@ -2075,9 +2107,7 @@ class _CustomerTurn:
         ticket = self.ticket
         if chat is None:
             return Place(ticket.assignee_user_id) if ticket.assignee_user_id else None
-        if ticket.staff_thread_id is not None:
-            return Place(chat, thread_id=ticket.staff_thread_id)
-        return Place(chat, reply_to=ticket.staff_message_id)
+        return Place.of_ticket(ticket, chat)
 
     def _to_staff(self, files: list[dict[str, Any]]) -> None:
         home = self._home()
@@ -2115,17 +2145,12 @@ class _CustomerTurn:
             self._post(home, {**payload, "caption": caption, "parse_mode": "HTML"})
 
     def _post(self, home: Place, payload: dict[str, Any]) -> None:
-        if home.thread_id is not None:
-            payload["thread_id"] = home.thread_id
-        if home.reply_to is not None:
-            payload["reply_to"] = home.reply_to
-        outbox.enqueue(
+        post_to_staff(
             self.session,
-            channel=Channel.TELEGRAM,
-            recipient=str(home.chat),
+            home,
+            payload,
             tenant=self.tenant.slug,
             ticket_id=self.ticket.id,
-            payload=payload,
             dedupe_key=self._key(),
         )
 

@@ -45,7 +45,7 @@ from bot.conversation import (
     advance,
     render,
 )
-from bot.desk import Desk
+from bot.desk import Desk, Place, post_to_staff
 from bot.i18n import _, guess_language, translate
 from bot.logs import mask_email
 from bot.mail import EmailSender
@@ -566,18 +566,12 @@ class _Run:
         chat = self.tenant.channels.staff_chat_id
         if self.intake.desk is None or chat is None:
             return
-        payload: dict[str, Any] = {"text": text, "parse_mode": "HTML"}
-        if ticket.staff_thread_id is not None:
-            payload["thread_id"] = ticket.staff_thread_id
-        elif ticket.staff_message_id is not None:
-            payload["reply_to"] = ticket.staff_message_id
-        outbox.enqueue(
+        post_to_staff(
             self.session,
-            channel=Channel.TELEGRAM,
-            recipient=str(chat),
+            Place.of_ticket(ticket, chat),
+            {"text": text, "parse_mode": "HTML"},
             tenant=self.tenant.slug,
             ticket_id=ticket.id,
-            payload=payload,
             dedupe_key=f"staff:{self.inbound.channel}:{self.inbound.provider_id}:{ticket.ref}",
         )
 

@@ -864,15 +864,26 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
     closed_id = await file_ticket(
         sessions, PK, received=OPEN_SINCE, due_at=THU, status=TicketStatus.RESOLVED
     )
-    assert (await ReminderPass(sessions, Tenants([PK]), now=clock).run()).looked_at == 2
+    other = policy(
+        slug="other-desk",
+        ref_prefix="OD",
+        channels={"telegram_start": "other-desk", "whatsapp_numbers": ["+14155230002"]},
+    )
+    other_id = await file_ticket(sessions, other, received=OPEN_SINCE, due_at=THU)
+    assert (await ReminderPass(sessions, Tenants([PK, other]), now=clock).run()).looked_at == 3
     assert (await ticket_row(sessions, open_id)).next_reminder_at == utc(2026, 3, 9, 18, 59, 59)
+    other_planned = (await ticket_row(sessions, other_id)).next_reminder_at
+    assert other_planned == utc(2026, 3, 9, 18, 59, 59)
 
     # Restarted with a reminder five business days ahead: Thursday 5 March, 23:59:59 PKT.
     earlier = policy(reminders={"before": ["5 business days", "1 business day"]})
     clock.at = utc(2026, 3, 5, 19, 0)
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="bot.reminders"):
-        report = await ReminderPass(sessions, Tenants([earlier]), now=clock).run()
-    assert (report.looked_at, report.sent) == (1, 1)
+        report = await ReminderPass(sessions, Tenants([earlier, other]), now=clock).run()
+    assert (report.looked_at, report.sent) == (1, 1)  # the other tenant's ticket is left alone
+    assert (await ticket_row(sessions, other_id)).next_reminder_at == other_planned
+    assert "other-desk has a new reminder policy" not in caplog.text
     async with sessions() as session:
         (sent,) = await store.sent_for(session, open_id)
     assert (sent.slot, sent.late) == ("5 business days", False)
@@ -880,7 +891,8 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
     assert (await ticket_row(sessions, closed_id)).next_reminder_at == store.NEVER
 
     # Another process with the same policy finds it adopted and nothing to plan again.
-    assert (await ReminderPass(sessions, Tenants([earlier]), now=clock).run()).looked_at == 0
+    again = ReminderPass(sessions, Tenants([earlier, other]), now=clock)
+    assert (await again.run()).looked_at == 0
     planned = await ticket_row(sessions, open_id)
     assert planned.next_reminder_at == utc(2026, 3, 11, 18, 59, 59)  # 1 business day before
 
