@@ -8,7 +8,8 @@ before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
 - `uvloop`: the event loop of uvloop (libuv) instead of asyncio's own;
 - `gc-threshold`: the collector's thresholds from BENCH_GC_THRESHOLD ("20000,10,10");
 - `gc-log`: every garbage collection that pauses the process for 5 ms or more is printed
-  to the service log (`gc pause <generation> <ms> ms`), to see what the tails are made of;
+  to the service log (`gc pause <generation> <ms> ms`), to see what the tails are made of,
+  and every tenth full collection the kinds of object it walks (`gc gen2 …`);
 - `turns-log`: on SQLite, every write turn (`storage.db.WriteTurns`) held for 10 ms or
   more, or waited for 10 ms or more, is printed with the code that took it
   (`turn held|waited <ms> ms <file:function>`).
@@ -51,19 +52,54 @@ _original: Any = storage.db.create_engine
 def _log_gc_pauses() -> None:
     import gc
     import sys
+    import threading
     import time
+    from collections import Counter
 
     started: list[float] = []
+    full = [0]
 
     def callback(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            started[:] = [time.perf_counter()]
+            started[:] = [time.perf_counter(), time.thread_time()]
         elif started:
             ms = (time.perf_counter() - started[0]) * 1000
             if ms >= 5:
-                print(f"gc pause {info['generation']} {ms:.1f} ms", file=sys.stderr, flush=True)
+                cpu = (time.thread_time() - started[1]) * 1000
+                thread = threading.current_thread().name
+                print(
+                    f"gc pause {info['generation']} {ms:.1f} ms ({cpu:.1f} ms on the CPU, "
+                    f"thread {thread}, {info['collected']} collected)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if info["generation"] == 2:
+                full[0] += 1
+                if full[0] % 10 == 0:  # what the full collections walk through, now and then
+                    objects = gc.get_objects(2)
+                    kinds = Counter(type(o).__name__ for o in objects)
+                    top = ", ".join(f"{name} {n}" for name, n in kinds.most_common(12))
+                    print(f"gc gen2 {sum(kinds.values())} objects: {top}", file=sys.stderr)
+                    sized = [o for o in objects if isinstance(o, dict | list | set | tuple)]
+                    big = sorted(sized, key=len, reverse=True)[:8]
+                    print(
+                        "gc gen2 largest: "
+                        + ", ".join(f"{type(o).__name__} {len(o)} {_sample(o)}" for o in big),
+                        file=sys.stderr,
+                    )
 
     gc.callbacks.append(callback)
+
+
+def _sample(container: Any) -> str:
+    """One item of a container, its types only (never its values: they may be personal)."""
+    for item in container.items() if isinstance(container, dict) else container:
+        return repr(
+            type(item).__name__
+            if not isinstance(item, tuple)
+            else tuple(type(x).__name__ for x in item)
+        )
+    return "-"
 
 
 def _log_write_turns() -> None:
