@@ -10,6 +10,8 @@ before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
 - `gc-log`: every garbage collection that pauses the process for 5 ms or more is printed
   to the service log (`gc pause <generation> <ms> ms`), to see what the tails are made of,
   and every tenth full collection the kinds of object it walks (`gc gen2 …`);
+- `gc-refreeze`: `gc.freeze()` again at the seconds after start in BENCH_GC_REFREEZE
+  ("15,30,60");
 - `turns-log`: on SQLite, every write turn (`storage.db.WriteTurns`) held for 10 ms or
   more, or waited for 10 ms or more, is printed with the code that took it
   (`turn held|waited <ms> ms <file:function>`).
@@ -137,7 +139,27 @@ def _log_write_turns() -> None:
     storage.db.WriteTurns.release = timed_release  # type: ignore[method-assign]
 
 
+def _refreeze() -> None:
+    """`gc.freeze()` again at each of BENCH_GC_REFREEZE's seconds after start ("15,30,60"):
+    what the service built while warming up leaves the collections' walk too."""
+    import gc
+    import sys
+    import threading
+    import time
+
+    def run() -> None:
+        started = time.monotonic()
+        for at in map(float, os.environ.get("BENCH_GC_REFREEZE", "15,30,60").split(",")):
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            gc.freeze()
+            print(f"gc frozen: {gc.get_freeze_count()} objects", file=sys.stderr, flush=True)
+
+    threading.Thread(target=run, name="bench-refreeze", daemon=True).start()
+
+
 def main() -> None:
+    if "gc-refreeze" in os.environ.get("BENCH_VARIANT", ""):
+        _refreeze()
     if "turns-log" in os.environ.get("BENCH_VARIANT", ""):
         _log_write_turns()
     if "gc-log" in os.environ.get("BENCH_VARIANT", ""):

@@ -62,6 +62,7 @@ from bench.loadgen import (
     closed_loop,
     open_loop,
 )
+from storage.inbound import Journal
 from tests.fakes.twilio_api import inbound_whatsapp_form, sign_twilio_request
 from tests.processes import ServeProcess, free_port, service_env
 from tests.service import PUBLIC
@@ -186,7 +187,12 @@ async def _inbox_waiting(kind: str, database: str) -> int:
     )
     if kind == "sqlite":
         with sqlite3.connect(database) as conn:
-            return int(conn.execute(sql).fetchone()[0])
+            waiting = int(conn.execute(sql).fetchone()[0])
+        journal = Journal.path_beside(f"sqlite:///{database}")  # stored, not yet moved in
+        if journal is not None and journal.exists():
+            with sqlite3.connect(journal) as conn:
+                waiting += int(conn.execute(f"SELECT count(*) FROM {Journal.TABLE}").fetchone()[0])
+        return waiting
     conn = await asyncpg.connect(database)
     try:
         return int(await conn.fetchval(sql))

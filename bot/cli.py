@@ -9,7 +9,8 @@ import gc
 import getpass
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 
 from bot import accounts
@@ -20,6 +21,8 @@ from storage import crypto
 from storage.db import create_engine, migrate, session_factory
 
 EXIT_CONFIG = 2
+
+log = logging.getLogger(__name__)
 
 
 def _settings(*, database: bool = True) -> Settings:
@@ -42,6 +45,34 @@ def _tenants(settings: Settings) -> Tenants:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+# Seconds after start at which `serve` freezes its heap again. Measured (bench/README.md,
+# session 7): with start-up's freeze alone a full collection took ≈ 40 ms of CPU at
+# 200 webhooks/s, after these 6–13 ms; each freeze after the first kept ≈ 1,000–4,000
+# objects for good, whatever garbage happened to be waiting then.
+SETTLE_AFTER = (10.0, 60.0, 300.0)
+
+
+async def settle_heap(
+    app: object, *, after: tuple[float, ...] = SETTLE_AFTER
+) -> AsyncIterator[None]:
+    """While the app runs: `gc.freeze()` at each of `after`'s seconds from its start."""
+
+    async def freeze_later() -> None:
+        started = asyncio.get_running_loop().time()
+        for at in after:
+            await asyncio.sleep(max(0.0, started + at - asyncio.get_running_loop().time()))
+            gc.freeze()
+            log.debug(
+                "heap frozen again: %d objects out of the collector's walk", gc.get_freeze_count()
+            )
+
+    task = asyncio.create_task(freeze_later())
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -52,7 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, tenants=_tenants(settings))
     # What start-up built (modules, tenants, templates) lives as long as the process: out
     # of the collector's sight, a full collection no longer walks it (pauses of tens of ms).
+    # So does what the first minutes of work build (modules imported on first use, mapper
+    # and statement caches, locale data): frozen again a few times after start.
     gc.freeze()
+    app.cleanup_ctx.append(settle_heap)
     logging.getLogger("bot.cli").info(
         "rightsdesk serving on http://%s:%s", settings.host, settings.port
     )

@@ -304,11 +304,17 @@ class Journal:
     @classmethod
     def beside(cls, database_url: str) -> Journal | None:
         """The journal of a SQLite database file (`x.db` → `x.inbox.db`); None otherwise."""
+        path = cls.path_beside(database_url)
+        return None if path is None else cls(path)
+
+    @staticmethod
+    def path_beside(database_url: str) -> Path | None:
+        """Where `beside` keeps the journal of this database; None if it has none."""
         url = sa.make_url(database_url)
         if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
             return None
         path = Path(str(url.database))
-        return cls(path.with_name(f"{path.stem}.inbox{path.suffix or '.db'}"))
+        return path.with_name(f"{path.stem}.inbox{path.suffix or '.db'}")
 
     async def open(self) -> None:
         """Create the journal's table on its first start (it holds rows in flight only:
