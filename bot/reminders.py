@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 from calendar import monthrange
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -46,6 +46,7 @@ from storage import outbox
 from storage import reminders as store
 from storage.db import SessionFactory, transaction
 from storage.enums import CLOSED_STATUSES, Channel, TicketStatus
+from storage.history import Summary, summarize
 from storage.models import Ticket, TicketEvent, utcnow
 from storage.tickets import add_event, events_of
 
@@ -211,22 +212,24 @@ def _status(value: str) -> TicketStatus:
         return TicketStatus.OPEN
 
 
-def facts_of(ticket: AnyTicket, events: Sequence[TicketEvent | store.Step]) -> Facts:
-    """Read the ticket's history: an event whose `data` has `status` records entering that
-    status at its `at` (the `created` event does); one with `due_at` set a new deadline."""
+def facts_from(ticket: AnyTicket, summary: Summary) -> Facts:
+    """The planning facts of a ticket from its row and its history's `Summary`: it has
+    been in its status since that status's run in the history began (since its last
+    change otherwise), and its deadline was set when the clock started or the latest
+    event that set one, whichever is later."""
     status = _status(ticket.status)
-    run_status: str | None = None
-    run_start: datetime | None = None
     deadline_set_at = ticket.clock_started_at or ticket.received_at
-    for event in events:
-        data = event.data or {}
-        new_status = data.get("status")
-        if isinstance(new_status, str) and new_status != run_status:
-            run_status, run_start = new_status, event.at
-        if "due_at" in data and event.at > deadline_set_at:
-            deadline_set_at = event.at
-    since = run_start if run_status == status and run_start is not None else ticket.updated_at
-    return Facts(status, ticket.due_at, deadline_set_at, since)
+    if summary.due_set_at is not None and summary.due_set_at > deadline_set_at:
+        deadline_set_at = summary.due_set_at
+    since = summary.status_at if summary.status == status else None
+    return Facts(status, ticket.due_at, deadline_set_at, since or ticket.updated_at)
+
+
+def kept_summary(ticket: AnyTicket) -> Summary | None:
+    """The summary kept on the ticket's row; None for a ticket older than migration 0014."""
+    if ticket.history_status is None:
+        return None
+    return Summary(ticket.history_status, ticket.history_status_at, ticket.history_due_set_at)
 
 
 def plan(
@@ -441,7 +444,8 @@ class ReminderPass:
         for _round in range(MAX_ROUNDS):
             async with transaction(self.sessions) as session:
                 tickets = await store.due_tickets(session, now=now, limit=self.batch)
-                histories = await store.histories(session, [ticket.id for ticket in tickets])
+                unknown = [ticket.id for ticket in tickets if ticket.history_status is None]
+                histories = await store.histories(session, unknown)
                 await self._batch(session, tickets, histories, now, report)
             report.looked_at += len(tickets)
             if len(tickets) < self.batch:
@@ -485,6 +489,7 @@ class ReminderPass:
         quiet: dict[int, datetime] = {}
         to_staff: list[_ToStaff] = []
         alone: list[store.DueTicket] = []
+        summaries: dict[int, Summary] = {}  # of the tickets that had none on their row
         for ticket in tickets:
             try:
                 if ticket.tenant not in self.tenants:
@@ -495,8 +500,10 @@ class ReminderPass:
                 if tenant.pause_while_awaiting_requester:  # its deadline may move: `_act`
                     alone.append(ticket)
                     continue
-                events = histories.get(ticket.id, [])
-                todo = plan(facts_of(ticket, events), tenant, now, late_after=self.late_after)
+                summary = kept_summary(ticket)
+                if summary is None:
+                    summary = summaries[ticket.id] = summarize(histories.get(ticket.id, []))
+                todo = plan(facts_from(ticket, summary), tenant, now, late_after=self.late_after)
             except Exception as error:  # one broken ticket must not stop the others
                 self._failed(ticket, error, now, report, quiet)
                 continue
@@ -524,8 +531,10 @@ class ReminderPass:
                     (item.ticket.id, item.todo.next_at or store.NEVER) for item in to_staff
                 )
         for ticket in alone:
+            summaries.pop(ticket.id, None)  # `_act` keeps it itself
             await self._alone(session, ticket, now, report, quiet)
         await store.set_next(session, quiet)
+        await store.fill_summaries(session, summaries)
 
     async def _to_staff_in_bulk(
         self, session: AsyncSession, to_staff: list[_ToStaff], now: datetime, report: PassReport
@@ -602,7 +611,12 @@ class ReminderPass:
             moved = await resync_due(session, ticket, tenant, events, now=now)
             if moved is not None:
                 events = [*events, moved]
-        todo = plan(facts_of(ticket, events), tenant, now, late_after=self.late_after)
+        summary = kept_summary(ticket)
+        if summary is None:  # older than migration 0014: kept from now on
+            summary = summarize(events)
+            for name, value in summary.values().items():
+                setattr(ticket, name, value)
+        todo = plan(facts_from(ticket, summary), tenant, now, late_after=self.late_after)
         for item in todo.due:
             claimed = await store.claim(
                 session,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -61,14 +61,75 @@ def redacted(data: dict[str, Any]) -> dict[str, Any]:
     return {REDACTED: data_digest(data)}
 
 
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the clock reads from a history, kept on the ticket row by every new event.
+
+    An event whose data has a `status` records entering that status at its `at` (the
+    `created` event does); one whose data has `due_at` set a new deadline. `status` None:
+    not known, the ticket's history began before these were kept (migration 0014).
+    """
+
+    status: str | None = None  # the status the history last recorded
+    status_at: datetime | None = None  # when the run of that status began
+    due_set_at: datetime | None = None  # the latest event that set a deadline
+
+    def then(self, at: datetime, data: dict[str, Any], *, first: bool) -> Summary:
+        """The summary once an event at `at` with `data` is added (`first`: the history's
+        first event); not known stays not known."""
+        if self.status is None and not first:
+            return self
+        status, status_at, due_set_at = self.status, self.status_at, self.due_set_at
+        new = data.get("status")
+        if isinstance(new, str) and new != status:
+            status, status_at = new, at
+        if "due_at" in data and (due_set_at is None or at > due_set_at):
+            due_set_at = at
+        return Summary(status, status_at, due_set_at)
+
+    def values(self) -> dict[str, Any]:
+        """The ticket columns that hold it."""
+        return {
+            "history_status": self.status,
+            "history_status_at": self.status_at,
+            "history_due_set_at": self.due_set_at,
+        }
+
+
+class Line(Protocol):
+    """An event as far as its summary reads it (`TicketEvent`, `storage.reminders.Step`)."""
+
+    @property
+    def at(self) -> datetime: ...
+
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+def summarize(events: Iterable[Line]) -> Summary:
+    """The summary of a whole history, given oldest event first."""
+    summary = Summary()
+    for index, event in enumerate(events):
+        summary = summary.then(event.at, event.data or {}, first=index == 0)
+    return summary
+
+
 async def chain(session: AsyncSession, ticket: Ticket, event: TicketEvent) -> None:
-    """Link a new event to its ticket's chain; the ticket row is locked while doing so."""
+    """Link a new event to its ticket's chain and fold it into the ticket's `Summary`; the
+    ticket row is locked while doing so."""
     assert ticket.id is not None
     table = Ticket.__table__  # type: ignore[attr-defined]
-    head_query = sa.select(table.c.history_head).where(table.c.id == ticket.id)
+    head_query = sa.select(
+        table.c.history_head,
+        table.c.history_status,
+        table.c.history_status_at,
+        table.c.history_due_set_at,
+    ).where(table.c.id == ticket.id)
     if session.get_bind().dialect.name == "postgresql":
         head_query = head_query.with_for_update()
-    prev = (await session.exec(head_query)).scalar_one_or_none()  # type: ignore[call-overload]
+    row = (await session.exec(head_query)).one_or_none()  # type: ignore[call-overload]
+    prev, *known = row if row is not None else (None, None, None, None)
+    summary = Summary(*known).then(event.at, event.data, first=prev is None)
     event.prev_hash = prev
     event.hash = event_hash(
         prev,
@@ -78,11 +139,11 @@ async def chain(session: AsyncSession, ticket: Ticket, event: TicketEvent) -> No
         kind=event.kind,
         data=event.data,
     )
-    await session.exec(
-        sa.update(table).where(table.c.id == ticket.id).values(history_head=event.hash)
-    )
+    values = {"history_head": event.hash, **summary.values()}
+    await session.exec(sa.update(table).where(table.c.id == ticket.id).values(**values))
     # Keep the caller's object in step without making it dirty (no second UPDATE).
-    sa.orm.attributes.set_committed_value(ticket, "history_head", event.hash)
+    for name, value in values.items():
+        sa.orm.attributes.set_committed_value(ticket, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +195,10 @@ def check_chain(ticket: Ticket, events: list[TicketEvent]) -> list[Finding]:
         running = event.hash
     if running != ticket.history_head:
         found.append(Finding(ticket.ref, None, "its newest event was removed or replaced"))
+    kept = Summary(ticket.history_status, ticket.history_status_at, ticket.history_due_set_at)
+    redacted_any = any(REDACTED in event.data for event in events)  # its facts are gone
+    if kept.status is not None and not redacted_any and kept != summarize(events):
+        found.append(Finding(ticket.ref, None, "the summary on its row differs from its events"))
     return found
 
 

@@ -126,6 +126,13 @@ class Ticket(SQLModel, table=True):
     next_reminder_at: datetime | None = _ts(nullable=True)
     # The hash of the newest event: the end of the tamper-evident chain (storage/history.py).
     history_head: str | None = Field(default=None, max_length=64)
+    # What the clock reads from the history, kept beside its head by every event
+    # (`storage.history.Summary`): the status the history last recorded and since when, and
+    # when a deadline was last set. history_status NULL: not known (a ticket older than
+    # migration 0014); the clock then reads the history once and fills them in.
+    history_status: str | None = Field(default=None, max_length=32)
+    history_status_at: datetime | None = _ts(nullable=True)
+    history_due_set_at: datetime | None = _ts(nullable=True)
 
 
 class TicketEvent(SQLModel, table=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.crypto import blind_index
 from storage.enums import CLOSED_STATUSES, OutboxStatus
+from storage.history import Summary
 from storage.models import (
     ClockPolicy,
     ContactIdentity,
@@ -65,6 +66,9 @@ class DueTicket:
     assignee_user_id: int | None
     assignee_name: str | None
     staff_thread_id: int | None
+    history_status: str | None
+    history_status_at: datetime | None
+    history_due_set_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,28 @@ async def set_next(session: AsyncSession, when_by_ticket: Mapping[int, datetime]
     await connection.execute(
         statement, [{"ticket_id": k, "next_at": v} for k, v in when_by_ticket.items()]
     )
+
+
+async def fill_summaries(session: AsyncSession, summaries: Mapping[int, Summary]) -> None:
+    """Keep on their rows the history summaries of tickets that had none (older than
+    migration 0014), read from their histories; a row that has one meanwhile keeps it."""
+    if not summaries:
+        return
+    statement = (
+        sa.update(_TICKET)
+        .where(_TICKET.c.id == sa.bindparam("ticket_id"), _TICKET.c.history_status.is_(None))
+        .values(
+            history_status=sa.bindparam("kept_status"),
+            history_status_at=sa.bindparam("kept_status_at"),
+            history_due_set_at=sa.bindparam("kept_due_set_at"),
+        )
+    )
+    rows = [
+        {"ticket_id": ticket_id, **{f"kept_{k}": v for k, v in asdict(summary).items()}}
+        for ticket_id, summary in summaries.items()
+    ]
+    connection = await session.connection()
+    await connection.execute(statement, rows)
 
 
 async def adopt_policy(

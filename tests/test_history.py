@@ -12,6 +12,7 @@ from sqlmodel import col, select
 
 from storage import history, tickets
 from storage.db import SessionFactory, transaction
+from storage.enums import TicketStatus
 from storage.models import Ticket, TicketEvent
 from tests.test_cli import rightsdesk
 
@@ -150,3 +151,92 @@ async def test_verify_history_command(tmp_path: Path, database_url: str, session
     broken = rightsdesk("verify-history", "--tenant", "od", cwd=tmp_path, env=env)
     assert broken.returncode == 1
     assert broken.stdout.strip() == f"{ref}: history: its newest event was removed or replaced"
+
+
+async def test_the_row_keeps_the_summary_of_its_history(sessions: SessionFactory) -> None:
+    """Every event folds into the summary on the ticket row (what the clock plans from),
+    as if the whole history were read; a row that disagrees with its events is found."""
+    steps: list[tuple[str, dict[str, object]]] = [
+        ("verified", {"status": "open", "due_at": "2026-03-31T18:59:59+00:00"}),
+        ("claimed", {"status": "in_progress"}),
+        ("note", {"text": "called the branch"}),
+        ("asked", {"status": "awaiting_requester"}),
+        ("answered", {"status": "in_progress"}),
+        ("claimed", {"status": "in_progress"}),  # the same status again: its run goes on
+        ("extended", {"due_at": "2026-05-31T18:59:59+00:00", "reason": "complex"}),
+    ]
+    async with transaction(sessions) as session:
+        ticket = await tickets.create_ticket(
+            session,
+            tenant="od",
+            ref_prefix="OD",
+            kind="erasure",
+            channel="whatsapp",
+            received_at=WHEN,
+            status=TicketStatus.AWAITING_VERIFICATION,
+        )
+        assert ticket.id is not None
+        kept = [history.Summary("awaiting_verification", WHEN, None)]
+        for n, (kind, data) in enumerate(steps, start=1):
+            await tickets.add_event(
+                session, ticket, actor="staff:7", kind=kind, at=WHEN + timedelta(hours=n), data=data
+            )
+            kept.append(
+                history.Summary(ticket.history_status, ticket.history_status_at,
+                                ticket.history_due_set_at)
+            )  # fmt: skip
+        ticket_id, ref = ticket.id, ticket.ref
+    hour = [WHEN + timedelta(hours=n) for n in range(len(steps) + 1)]
+    assert [(k.status, k.status_at, k.due_set_at) for k in kept] == [
+        ("awaiting_verification", hour[0], None),
+        ("open", hour[1], hour[1]),
+        ("in_progress", hour[2], hour[1]),
+        ("in_progress", hour[2], hour[1]),
+        ("awaiting_requester", hour[4], hour[1]),
+        ("in_progress", hour[5], hour[1]),
+        ("in_progress", hour[5], hour[1]),
+        ("in_progress", hour[5], hour[7]),
+    ]
+    async with sessions() as session:
+        row = await session.get(Ticket, ticket_id)
+        assert row is not None
+        events = await tickets.events_of(session, ticket_id)
+    assert history.summarize(events) == kept[-1]
+    assert (row.history_status, row.history_status_at, row.history_due_set_at) == (
+        "in_progress", hour[5], hour[7]
+    )  # fmt: skip
+    assert await _verify(sessions) == []
+
+    table = Ticket.__table__  # type: ignore[attr-defined]
+    await _execute(
+        sessions, sa.update(table).where(table.c.id == ticket_id).values(history_status_at=WHEN)
+    )
+    assert await _verify(sessions) == [
+        f"{ref}: history: the summary on its row differs from its events"
+    ]
+
+
+async def test_a_ticket_without_a_summary_gets_none_from_new_events(
+    sessions: SessionFactory,
+) -> None:
+    """A ticket from before the summary was kept (its columns empty) is not given one from
+    its newest events alone: the clock reads its whole history instead."""
+    ref = await _ticket_with_history(sessions, events=2)
+    table = Ticket.__table__  # type: ignore[attr-defined]
+    await _execute(
+        sessions,
+        sa.update(table)
+        .where(table.c.ref == ref)
+        .values(history_status=None, history_status_at=None),
+    )
+    async with transaction(sessions) as session:
+        ticket = await tickets.by_ref(session, ref)
+        assert ticket is not None
+        await tickets.add_event(
+            session, ticket, actor="staff:7", kind="claimed", at=WHEN + timedelta(days=1),
+            data={"status": "in_progress"},
+        )  # fmt: skip
+    async with sessions() as session:
+        row = await tickets.by_ref(session, ref)
+    assert row is not None and (row.history_status, row.history_status_at) == (None, None)
+    assert await _verify(sessions) == []

@@ -38,8 +38,10 @@ from storage import reminders as store
 from storage import tickets
 from storage.db import SessionFactory, create_engine, session_factory, transaction
 from storage.enums import TicketStatus
+from storage.history import Summary, summarize
 from storage.models import Conversation, OutboundMessage, ReminderSent, Requester, Ticket
 from storage.reminders import DueTicket
+from storage.tickets import events_of
 
 STAFF_CHAT = -1001
 ADMINS = [11, 12]
@@ -657,16 +659,43 @@ def key(ticket_id: int, kind: str, anchor: datetime, slot: str, to: object) -> s
     return f"clock:{ticket_id}:{kind}:{anchor.isoformat()}:{slot}:{to}"
 
 
+async def forget_summaries(sessions: SessionFactory) -> None:
+    """Make every ticket look filed before migration 0014: no history summary on its row."""
+    table = Ticket.__table__  # type: ignore[attr-defined]
+    empty = dict.fromkeys(("history_status", "history_status_at", "history_due_set_at"))
+    async with transaction(sessions) as session:
+        await session.exec(sa.update(table).values(**empty))  # type: ignore[call-overload]
+
+
+async def summaries(sessions: SessionFactory, ids: dict[str, int]) -> dict[str, tuple[bool, ...]]:
+    """For each ticket: whether its row has a summary, and whether it is its history's."""
+    found = {}
+    async with sessions() as session:
+        for name, ticket_id in ids.items():
+            row = await ticket_row(sessions, ticket_id)
+            kept = Summary(row.history_status, row.history_status_at, row.history_due_set_at)
+            events = await events_of(session, ticket_id)
+            found[name] = (kept.status is not None, kept == summarize(events))
+    return found
+
+
+@pytest.mark.parametrize("summaries_kept", [True, False], ids=["summaries", "older rows"])
 @pytest.mark.parametrize("way", ["bulk", "one by one"])
 async def test_a_batch_sends_what_one_ticket_at_a_time_would(
     sessions: SessionFactory,
     way: str,
+    summaries_kept: bool,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The same claims, outbox rows, next looks and counts whether the batch's staff
-    reminders go in bulk or, when those statements fail, one ticket at a time."""
+    reminders go in bulk or, when those statements fail, one ticket at a time; and whether
+    the tickets' rows keep their history summaries or are older than that (the pass then
+    reads their histories, and keeps the summaries from then on)."""
     ids = await file_mixed_desk(sessions)
+    if not summaries_kept:
+        await forget_summaries(sessions)
+        assert set((await summaries(sessions, ids)).values()) == {(False, False)}
     if way == "one by one":
 
         async def broken(*_args: Any, **_kw: Any) -> None:
@@ -735,6 +764,10 @@ async def test_a_batch_sends_what_one_ticket_at_a_time_would(
         "stray": store.NEVER,
     }
     assert "Overdue" not in caplog.text and "Reminder" not in caplog.text  # no message text
+    assert await summaries(sessions, ids) == {
+        name: (name != "stray" or summaries_kept,) * 2
+        for name in ids  # stray: not planned
+    }
 
     again = await ReminderPass(sessions, Tenants([PK]), now=Clock(NOW)).run()
     assert again.looked_at == 0 and len(await outbox_rows(sessions)) == 5
