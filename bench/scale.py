@@ -61,7 +61,12 @@ from bench.common import (
     table,
     write_json,
 )
+from bot.clock import add_duration
+from bot.reminders import tenant_calendar
+from bot.tenants import load_tenants
 from storage import crypto
+from storage.enums import RequestType
+from storage.history import Summary
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 PAGE = 50
@@ -115,7 +120,7 @@ TICKET_COLUMNS = [
     "id", "tenant", "ref", "year", "seq", "kind", "status", "channel", "language",
     "received_at", "verified_at", "clock_started_at", "due_at", "closed_at",
     "assignee_user_id", "assignee_name", "created_at", "updated_at", "next_reminder_at",
-    "requester_id",
+    "requester_id", "history_status", "history_status_at", "history_due_set_at",
 ]  # fmt: skip
 REQUESTER_COLUMNS = ["id", "tenant", "language", "created_at"]
 CONVERSATION_COLUMNS = [
@@ -139,10 +144,16 @@ class Data:
     seq: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def generate(count: int, active: int, now: datetime, seed: int = 42) -> Data:
+def generate(
+    count: int, active: int, now: datetime, seed: int = 42, *, summaries: bool = True
+) -> Data:
     """`count` tickets, ids 1..count in order of receipt; the `active` ones have a
-    requester and the conversation the clock writes to them on."""
+    requester and the conversation the clock writes to them on. Deadlines are the tenants'
+    own (`config/tenants`, `bot.clock.add_duration`: most end their local day); each row
+    keeps its history's summary as the service's events do (`summaries` False: a database
+    from before migration 0014, where the clock reads the histories)."""
     data = Data()
+    policies = load_tenants(ROOT / "config" / "tenants")
     rng = random.Random(seed)
     span = timedelta(days=3 * 365)
     first = now - span
@@ -184,6 +195,7 @@ def generate(count: int, active: int, now: datetime, seed: int = 42) -> Data:
             "cookie_opt_out",
         )
         verified_at = received + timedelta(minutes=rng.uniform(1, 30)) if verified else None
+        tenant = policies.by_slug(slug)
         if kind == "marketing_opt_out":
             clock_start: datetime | None = received
             due: datetime | None = received
@@ -191,7 +203,9 @@ def generate(count: int, active: int, now: datetime, seed: int = 42) -> Data:
             clock_start = due = None  # the clock starts on verification
         else:
             clock_start = verified_at or received
-            due = clock_start + deadline
+            duration = tenant.deadline_for(RequestType(kind))
+            assert duration is not None, f"{slug} does not offer {kind}"
+            due = add_duration(clock_start, duration, tenant_calendar(tenant))
         closed_at = None
         if not is_active:
             closed_at = received + timedelta(hours=rng.uniform(0.01, 24 * DEADLINE_DAYS[slug]))
@@ -215,22 +229,27 @@ def generate(count: int, active: int, now: datetime, seed: int = 42) -> Data:
                  crypto.blind_index(address), slug, requester_id, "start", "{}", language,
                  received, received)
             )  # fmt: skip
+        first_status = "awaiting_verification" if verified_at is not None else status
+        if not is_active and verified_at is None:
+            first_status = "open"
+        created = {"status": first_status, "type": kind, "channel": channel}
+        events.append((i, received, "customer", "created", _event_data(created)))
+        summary = Summary(first_status, received, None)
+        if is_active and verified_at is not None:  # the clock reads active histories only
+            verified_data = {"status": "open", "due_at": due.isoformat() if due else None}
+            events.append((i, verified_at, "customer", "verified", _event_data(verified_data)))
+            summary = summary.then(verified_at, verified_data, first=False)
+        if not summaries:
+            summary = Summary()
         tickets.append(
             (
                 i, slug, ref, year, number, kind, status, channel, language,
                 received, verified_at, clock_start, due, closed_at,
                 assignee[0] if assignee else None, assignee[1] if assignee else None,
                 received, updated, None if is_active else NEVER, requester_id,
+                summary.status, summary.status_at, summary.due_set_at,
             )
         )  # fmt: skip
-        first_status = "awaiting_verification" if verified_at is not None else status
-        if not is_active and verified_at is None:
-            first_status = "open"
-        created = {"status": first_status, "type": kind, "channel": channel}
-        events.append((i, received, "customer", "created", _event_data(created)))
-        if is_active and verified_at is not None:  # the clock reads active histories only
-            verified_data = {"status": "open", "due_at": due.isoformat() if due else None}
-            events.append((i, verified_at, "customer", "verified", _event_data(verified_data)))
     return data
 
 
@@ -672,7 +691,7 @@ async def bench_engine(
     try:
         rightsdesk_migrate(url)
         started = time.perf_counter()
-        data = generate(args.tickets, args.active, now)
+        data = generate(args.tickets, args.active, now, summaries=not args.older_rows)
         generated = time.perf_counter() - started
         started = time.perf_counter()
         if kind == "sqlite":
@@ -801,6 +820,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--profile", action="store_true", help="py-spy on the scheduler pass")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--older-rows",
+        action="store_true",
+        help="tickets without history summaries, as after upgrading to migration 0014",
+    )
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.quick:  # SQLite only unless --databases says otherwise: under a minute

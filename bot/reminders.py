@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import cache, lru_cache
-from operator import attrgetter
 from typing import Any
 
 from babel.dates import format_date, format_time
@@ -146,6 +145,15 @@ def before(due: datetime, offset: Duration, calendar: BusinessCalendar) -> datet
     return shift(due, -offset.amount, offset.unit, calendar)
 
 
+@lru_cache(maxsize=1 << 14)
+def before_times(
+    due: datetime, offsets: tuple[Duration, ...], calendar: BusinessCalendar
+) -> tuple[tuple[datetime, str], ...]:
+    """(when, slot) of each reminder `offsets` before `due`, remembered: the tickets of a
+    pass share their deadlines (most end a local day) and their tenant's offsets."""
+    return tuple((before(due, offset, calendar), str(offset)) for offset in offsets)
+
+
 def occurrence(due: datetime, every: Duration, k: int, calendar: BusinessCalendar) -> datetime:
     """The time of escalation number `k` (0 at the deadline itself)."""
     return shift(due, every.amount * k, every.unit, calendar)
@@ -225,7 +233,12 @@ def facts_from(ticket: AnyTicket, summary: Summary) -> Facts:
     return Facts(status, ticket.due_at, deadline_set_at, since or ticket.updated_at)
 
 
-def kept_summary(ticket: AnyTicket) -> Summary | None:
+def facts_of_row(ticket: store.ToPlan) -> Facts:
+    """The planning facts the database worked out from the row and its summary."""
+    return Facts(_status(ticket.status), ticket.due_at, ticket.deadline_set_at, ticket.status_since)
+
+
+def kept_summary(ticket: Ticket) -> Summary | None:
     """The summary kept on the ticket's row; None for a ticket older than migration 0014."""
     if ticket.history_status is None:
         return None
@@ -266,15 +279,13 @@ def plan(
     if facts.due_at is not None and not paused:
         deadline = facts.due_at
         if now < deadline:
-            times = [
-                (offset, before(deadline, offset, calendar)) for offset in tenant.reminders.before
-            ]
-            times = [(o, at) for o, at in times if at >= facts.deadline_set_at]
-            past = [(at, str(o)) for o, at in times if at <= now]
+            times = before_times(deadline, tenant.reminders.before, calendar)
+            times = tuple(item for item in times if item[0] >= facts.deadline_set_at)
+            past = [item for item in times if item[0] <= now]
             if past:
                 at, slot = max(past)
                 found(ReminderKind.BEFORE, deadline, slot, at)
-            later.extend(at for _offset, at in times if at > now)
+            later.extend(at for at, _slot in times if at > now)
             later.append(deadline)
         else:
             every = tenant.reminders.overdue_every
@@ -407,6 +418,15 @@ class PassReport:
 
 
 @dataclass(frozen=True, slots=True)
+class _Planned:
+    """A ticket with reminders due now, and what planning said."""
+
+    ticket_id: int
+    tenant: Tenant
+    todo: Plan
+
+
+@dataclass(frozen=True, slots=True)
 class _ToStaff:
     """A ticket whose reminders due now all go to staff: claimed and queued with its batch."""
 
@@ -420,8 +440,11 @@ class ReminderPass:
     """One look at every ticket whose time has come: claim, send, plan the next look.
 
     Tickets are taken in batches, each batch in one transaction with its rows locked
-    (SKIP LOCKED on PostgreSQL). The whole batch is planned in Python first. Reminders and
-    escalations to staff, most of what a pass sends, are then claimed with one INSERT and
+    (SKIP LOCKED on PostgreSQL). The database works out each ticket's planning facts from
+    its row (`store.ToPlan`, no history read) and the whole batch is planned in Python
+    first; one read then drops the reminders already sent (after a policy change, most of
+    what is due), and only tickets left with something to send are read in full. Reminders
+    and escalations to staff, most of what a pass sends, are claimed with one INSERT and
     queued with another for the batch; every ticket's next look is one UPDATE. A ticket
     that writes to its customer, changes its own row (expiry, a stopped clock), or belongs
     to a batch whose bulk statements failed is handled alone inside a savepoint: one broken
@@ -431,7 +454,9 @@ class ReminderPass:
     sessions: SessionFactory
     tenants: Tenants
     now: Callable[[], datetime] = utcnow
-    batch: int = 250  # on SQLite a batch holds the write lock: ≈ 35 ms (bench.scheduler_pass)
+    batch: int = (
+        1000  # SQLite: a batch holds the main file's write lock (not the webhooks'): BATCHMS
+    )
     late_after: timedelta = LATE_AFTER
     _policies_adopted: bool = field(default=False, init=False, repr=False)
 
@@ -444,9 +469,7 @@ class ReminderPass:
         for _round in range(MAX_ROUNDS):
             async with transaction(self.sessions) as session:
                 tickets = await store.due_tickets(session, now=now, limit=self.batch)
-                unknown = [ticket.id for ticket in tickets if ticket.history_status is None]
-                histories = await store.histories(session, unknown)
-                await self._batch(session, tickets, histories, now, report)
+                await self._batch(session, tickets, now, report)
             report.looked_at += len(tickets)
             if len(tickets) < self.batch:
                 break
@@ -477,19 +500,14 @@ class ReminderPass:
         self._policies_adopted = True
 
     async def _batch(
-        self,
-        session: AsyncSession,
-        tickets: list[store.DueTicket],
-        histories: dict[int, list[store.Step]],
-        now: datetime,
-        report: PassReport,
+        self, session: AsyncSession, tickets: list[store.ToPlan], now: datetime, report: PassReport
     ) -> None:
         """Plan every ticket of the batch, then write: staff reminders in bulk, the others
         one ticket at a time, and all the next looks that are not written yet at once."""
         quiet: dict[int, datetime] = {}
-        to_staff: list[_ToStaff] = []
-        alone: list[store.DueTicket] = []
-        summaries: dict[int, Summary] = {}  # of the tickets that had none on their row
+        planned: list[_Planned] = []  # tickets with reminders due, not yet known to be sent
+        alone: list[int] = []
+        older = await self._older_facts(session, tickets)
         for ticket in tickets:
             try:
                 if ticket.tenant not in self.tenants:
@@ -498,21 +516,29 @@ class ReminderPass:
                     continue
                 tenant = self.tenants.by_slug(ticket.tenant)
                 if tenant.pause_while_awaiting_requester:  # its deadline may move: `_act`
-                    alone.append(ticket)
+                    alone.append(ticket.id)
                     continue
-                summary = kept_summary(ticket)
-                if summary is None:
-                    summary = summaries[ticket.id] = summarize(histories.get(ticket.id, []))
-                todo = plan(facts_from(ticket, summary), tenant, now, late_after=self.late_after)
+                facts = older[ticket.id][0] if ticket.id in older else facts_of_row(ticket)
+                todo = plan(facts, tenant, now, late_after=self.late_after)
             except Exception as error:  # one broken ticket must not stop the others
                 self._failed(ticket, error, now, report, quiet)
                 continue
-            if not todo.due:
-                quiet[ticket.id] = todo.next_at or store.NEVER
-            elif all(item.kind in STAFF_KINDS for item in todo.due):
-                to_staff.append(_ToStaff(ticket, tenant, todo))
+            if todo.due:
+                planned.append(_Planned(ticket.id, tenant, todo))
             else:
-                alone.append(ticket)
+                quiet[ticket.id] = todo.next_at or store.NEVER
+        planned = await self._not_sent_yet(session, planned, report)
+        full = await store.full_tickets(
+            session, [item.ticket_id for item in planned if item.todo.due]
+        )
+        to_staff: list[_ToStaff] = []
+        for item in planned:
+            if not item.todo.due:
+                quiet[item.ticket_id] = item.todo.next_at or store.NEVER
+            elif all(due.kind in STAFF_KINDS for due in item.todo.due):
+                to_staff.append(_ToStaff(full[item.ticket_id], item.tenant, item.todo))
+            else:
+                alone.append(item.ticket_id)
         if to_staff:
             done = PassReport()
             try:
@@ -524,17 +550,53 @@ class ReminderPass:
                     len(to_staff),
                     type(error).__name__,
                 )
-                alone = sorted([*alone, *(item.ticket for item in to_staff)], key=attrgetter("id"))
+                alone.extend(item.ticket.id for item in to_staff)
             else:
                 report.add(done)
                 quiet.update(
                     (item.ticket.id, item.todo.next_at or store.NEVER) for item in to_staff
                 )
-        for ticket in alone:
-            summaries.pop(ticket.id, None)  # `_act` keeps it itself
-            await self._alone(session, ticket, now, report, quiet)
+        by_id = {ticket.id: ticket for ticket in tickets}
+        for ticket_id in sorted(alone):
+            older.pop(ticket_id, None)  # `_act` keeps its summary itself
+            await self._alone(session, by_id[ticket_id], now, report, quiet)
         await store.set_next(session, quiet)
-        await store.fill_summaries(session, summaries)
+        await store.fill_summaries(session, {k: summary for k, (_f, summary) in older.items()})
+
+    @staticmethod
+    async def _older_facts(
+        session: AsyncSession, tickets: list[store.ToPlan]
+    ) -> dict[int, tuple[Facts, Summary]]:
+        """The facts of the batch's tickets older than migration 0014, from their histories,
+        with the summaries to keep on their rows from now on."""
+        ids = [ticket.id for ticket in tickets if not ticket.summary_kept]
+        if not ids:
+            return {}
+        rows = await store.full_tickets(session, ids)
+        histories = await store.histories(session, ids)
+        found = {}
+        for ticket_id, row in rows.items():
+            summary = summarize(histories.get(ticket_id, []))
+            found[ticket_id] = (facts_from(row, summary), summary)
+        return found
+
+    @staticmethod
+    async def _not_sent_yet(
+        session: AsyncSession, planned: list[_Planned], report: PassReport
+    ) -> list[_Planned]:
+        """The planned tickets without the reminders that were sent already (one read for
+        the batch): after a policy change, most of what is due now went out before it.
+        Claiming stays the authority (a reminder sent since is still found there)."""
+        sent = await store.sent_keys(session, [item.ticket_id for item in planned])
+        kept: list[_Planned] = []
+        for item in planned:
+            due = tuple(
+                d for d in item.todo.due if (item.ticket_id, d.kind, d.anchor, d.slot) not in sent
+            )
+            report.already_sent += len(item.todo.due) - len(due)
+            todo = item.todo if len(due) == len(item.todo.due) else Plan(due, item.todo.next_at)
+            kept.append(_Planned(item.ticket_id, item.tenant, todo))
+        return kept
 
     async def _to_staff_in_bulk(
         self, session: AsyncSession, to_staff: list[_ToStaff], now: datetime, report: PassReport
@@ -559,7 +621,7 @@ class ReminderPass:
     async def _alone(
         self,
         session: AsyncSession,
-        ticket: store.DueTicket,
+        ticket: store.ToPlan,
         now: datetime,
         report: PassReport,
         quiet: dict[int, datetime],
@@ -582,7 +644,7 @@ class ReminderPass:
 
     @staticmethod
     def _failed(
-        ticket: store.DueTicket,
+        ticket: store.ToPlan,
         error: Exception,
         now: datetime,
         report: PassReport,

@@ -66,9 +66,6 @@ class DueTicket:
     assignee_user_id: int | None
     assignee_name: str | None
     staff_thread_id: int | None
-    history_status: str | None
-    history_status_at: datetime | None
-    history_due_set_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +77,50 @@ class Step:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class ToPlan:
+    """What planning reads of a ticket, worked out by the database from its row and its
+    history's summary (`storage.history.Summary`): three timestamps to convert, not nine.
+
+    `status_since` is when the history says the current status began (its last change
+    otherwise); `deadline_set_at` the clock's start or the last event that set a deadline,
+    whichever is later. `summary_kept` False: a row older than migration 0014, whose facts
+    come from its history instead (`full_tickets`, `histories`).
+    """
+
+    id: int
+    tenant: str
+    ref: str
+    status: str
+    due_at: datetime | None
+    deadline_set_at: datetime
+    status_since: datetime
+    summary_kept: bool
+
+
 _DUE_COLUMNS = [_TICKET.c[name] for name in DueTicket.__slots__]
+_started = sa.func.coalesce(_TICKET.c.clock_started_at, _TICKET.c.received_at)
+PLAN_COLUMNS = [
+    _TICKET.c.id,
+    _TICKET.c.tenant,
+    _TICKET.c.ref,
+    _TICKET.c.status,
+    _TICKET.c.due_at,
+    sa.type_coerce(
+        sa.case((_TICKET.c.history_due_set_at > _started, _TICKET.c.history_due_set_at),
+                else_=_started),
+        Ticket.__table__.c.received_at.type,  # type: ignore[attr-defined]
+    ),
+    sa.type_coerce(
+        sa.case((_TICKET.c.history_status == _TICKET.c.status, _TICKET.c.history_status_at),
+                else_=_TICKET.c.updated_at),
+        Ticket.__table__.c.updated_at.type,  # type: ignore[attr-defined]
+    ),
+    _TICKET.c.history_status.is_not(None),
+]  # fmt: skip
 
 
-async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> list[DueTicket]:
+async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> list[ToPlan]:
     """Lock up to `limit` tickets the clock must look at: unplanned, or their time has come.
 
     Each kind is found on the `next_reminder_at` index by itself (one `OR` query ends up
@@ -109,9 +146,18 @@ async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> li
     if not ids:
         return []
     rows = await connection.execute(
-        sa.select(*_DUE_COLUMNS).where(_TICKET.c.id.in_(ids)).order_by(_TICKET.c.id)
+        sa.select(*PLAN_COLUMNS).where(_TICKET.c.id.in_(ids)).order_by(_TICKET.c.id)
     )
-    return [DueTicket(*row) for row in rows]
+    return [ToPlan(*row) for row in rows]
+
+
+async def full_tickets(session: AsyncSession, ticket_ids: Sequence[int]) -> dict[int, DueTicket]:
+    """The columns the clock's messages read, of the tickets that have something to send."""
+    if not ticket_ids:
+        return {}
+    connection = await session.connection()
+    rows = await connection.execute(sa.select(*_DUE_COLUMNS).where(_TICKET.c.id.in_(ticket_ids)))
+    return {row[0]: DueTicket(*row) for row in rows}
 
 
 async def next_wake(session: AsyncSession) -> datetime | None:
@@ -240,6 +286,21 @@ async def claim(
     )
     row = result.first()
     return int(row[0]) if row else None
+
+
+async def sent_keys(
+    session: AsyncSession, ticket_ids: Sequence[int]
+) -> set[tuple[int, str, datetime, str]]:
+    """The (ticket, kind, anchor, slot) of every reminder already claimed for these tickets."""
+    if not ticket_ids:
+        return set()
+    connection = await session.connection()
+    rows = await connection.execute(
+        sa.select(_SENT.c.ticket_id, _SENT.c.kind, _SENT.c.anchor_at, _SENT.c.slot).where(
+            _SENT.c.ticket_id.in_(ticket_ids)
+        )
+    )
+    return {(row[0], row[1], row[2], row[3]) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)
