@@ -279,13 +279,16 @@ def plan(
     if facts.due_at is not None and not paused:
         deadline = facts.due_at
         if now < deadline:
-            times = before_times(deadline, tenant.reminders.before, calendar)
-            times = tuple(item for item in times if item[0] >= facts.deadline_set_at)
-            past = [item for item in times if item[0] <= now]
-            if past:
-                at, slot = max(past)
-                found(ReminderKind.BEFORE, deadline, slot, at)
-            later.extend(at for at, _slot in times if at > now)
+            latest: tuple[datetime, str] | None = None  # the reminder due now, if any
+            for item in before_times(deadline, tenant.reminders.before, calendar):
+                if item[0] < facts.deadline_set_at:
+                    continue  # timed before this deadline was set: not one of its reminders
+                if item[0] > now:
+                    later.append(item[0])
+                elif latest is None or item > latest:
+                    latest = item
+            if latest is not None:
+                found(ReminderKind.BEFORE, deadline, latest[1], latest[0])
             later.append(deadline)
         else:
             every = tenant.reminders.overdue_every
@@ -454,9 +457,9 @@ class ReminderPass:
     sessions: SessionFactory
     tenants: Tenants
     now: Callable[[], datetime] = utcnow
-    batch: int = (
-        1000  # SQLite: a batch holds the main file's write lock (not the webhooks'): BATCHMS
-    )
+    # SQLite: a batch holds the main file's write lock (webhooks write to their journal
+    # meanwhile) for ≈ 30 ms (bench.scheduler_pass)
+    batch: int = 1000
     late_after: timedelta = LATE_AFTER
     _policies_adopted: bool = field(default=False, init=False, repr=False)
 
