@@ -12,6 +12,10 @@ before anyone edits project code. The variants (BENCH_VARIANT, comma-separated):
   and every tenth full collection the kinds of object it walks (`gc gen2 …`);
 - `gc-refreeze`: `gc.freeze()` again at the seconds after start in BENCH_GC_REFREEZE
   ("15,30,60");
+- `no-journal`: on SQLite, webhooks store into the main database file as before session 7
+  (no `x.inbox.db` journal), for an A/B of the journal;
+- `journal-move`: the journal moves at most BENCH_JOURNAL_MOVE rows per claim (default
+  `storage.inbound.Journal.MOVE`);
 - `turns-log`: on SQLite, every write turn (`storage.db.WriteTurns`) held for 10 ms or
   more, or waited for 10 ms or more, is printed with the code that took it
   (`turn held|waited <ms> ms <file:function>`).
@@ -157,7 +161,17 @@ def _refreeze() -> None:
     threading.Thread(target=run, name="bench-refreeze", daemon=True).start()
 
 
+def _journal_variants(variants: str) -> None:
+    from storage.inbound import Journal
+
+    if "no-journal" in variants:
+        Journal.beside = classmethod(lambda _cls, _url: None)  # type: ignore[assignment]
+    if "journal-move" in variants:
+        Journal.MOVE = int(os.environ.get("BENCH_JOURNAL_MOVE", str(Journal.MOVE)))
+
+
 def main() -> None:
+    _journal_variants(os.environ.get("BENCH_VARIANT", ""))
     if "gc-refreeze" in os.environ.get("BENCH_VARIANT", ""):
         _refreeze()
     if "turns-log" in os.environ.get("BENCH_VARIANT", ""):
