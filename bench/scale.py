@@ -68,7 +68,6 @@ from storage import crypto
 from storage.enums import RequestType
 from storage.history import Summary
 
-NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 PAGE = 50
 TARGET_P95_MS = 50.0
 TARGET_PASS_S = 1.0
@@ -116,11 +115,12 @@ ACTIVE = [("open", 55), ("in_progress", 25), ("awaiting_verification", 12),
 OVERDUE_SHARE = 0.08
 DEADLINE_DAYS = {"optician-dynamics": 10, "jooptics": 30, "optimizory": 45}
 STAFF = [(111, "Amina"), (112, "Bilal"), (113, "Sara"), (114, "Omar"), (115, "Priya")]
+# each ticket's `ticket_clock` row comes from the insert trigger (NULL; a closed one: never)
 TICKET_COLUMNS = [
     "id", "tenant", "ref", "year", "seq", "kind", "status", "channel", "language",
     "received_at", "verified_at", "clock_started_at", "due_at", "closed_at",
-    "assignee_user_id", "assignee_name", "created_at", "updated_at", "next_reminder_at",
-    "requester_id", "history_status", "history_status_at", "history_due_set_at",
+    "assignee_user_id", "assignee_name", "created_at", "updated_at", "requester_id",
+    "history_status", "history_status_at", "history_due_set_at",
 ]  # fmt: skip
 REQUESTER_COLUMNS = ["id", "tenant", "language", "created_at"]
 CONVERSATION_COLUMNS = [
@@ -246,7 +246,7 @@ def generate(
                 i, slug, ref, year, number, kind, status, channel, language,
                 received, verified_at, clock_start, due, closed_at,
                 assignee[0] if assignee else None, assignee[1] if assignee else None,
-                received, updated, None if is_active else NEVER, requester_id,
+                received, updated, requester_id,
                 summary.status, summary.status_at, summary.due_set_at,
             )
         )  # fmt: skip
@@ -282,7 +282,7 @@ def load_sqlite(path: Path, data: Data) -> None:
         conn.execute("PRAGMA synchronous=OFF")  # the load only; serve sets its own
         conn.execute("PRAGMA cache_size=-400000")
         # secondary indexes are built once after the rows are in (the same end state, faster)
-        tables = "('ticket', 'ticket_event', 'requester', 'conversation')"
+        tables = "('ticket', 'ticket_clock', 'ticket_event', 'requester', 'conversation')"
         indexes = conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
             f"AND tbl_name IN {tables}"
@@ -334,7 +334,7 @@ async def load_postgres(dsn: str, data: Data) -> None:
                 f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
                 f"(SELECT coalesce(max(id), 1) FROM {name}))"
             )
-        for name in ("requester", "conversation", "ticket", "ticket_event"):
+        for name in ("requester", "conversation", "ticket", "ticket_clock", "ticket_event"):
             await conn.execute(f"VACUUM ANALYZE {name}")
     finally:
         await conn.close()
@@ -583,8 +583,8 @@ async def reset_plans(kind: str, raw: str) -> None:
     statements = [
         "DELETE FROM outbound_message",
         "DELETE FROM reminder_sent",
-        "UPDATE ticket SET next_reminder_at = NULL WHERE status IN "
-        "('awaiting_verification', 'open', 'in_progress', 'awaiting_requester')",
+        "UPDATE ticket_clock SET next_at = NULL WHERE ticket_id IN (SELECT id FROM ticket "
+        "WHERE status IN ('awaiting_verification', 'open', 'in_progress', 'awaiting_requester'))",
     ]
     if kind == "sqlite":
         conn = sqlite3.connect(raw, isolation_level=None)
@@ -649,7 +649,7 @@ async def serve_holding(
 
 
 async def _unplanned(kind: str, raw: str) -> int:
-    sql = "SELECT count(*) FROM ticket WHERE next_reminder_at IS NULL"
+    sql = "SELECT count(*) FROM ticket_clock WHERE next_at IS NULL"
     if kind == "sqlite":
         conn = sqlite3.connect(raw)
         try:
@@ -664,7 +664,7 @@ async def _unplanned(kind: str, raw: str) -> int:
 
 
 async def _wait_first_pass(kind: str, raw: str, seconds: float) -> bool:
-    """Until serve's clock has planned every ticket (none left with next_reminder_at NULL)."""
+    """Until serve's clock has planned every ticket (none left with a NULL next look)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if await _unplanned(kind, raw) == 0:

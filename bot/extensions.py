@@ -112,7 +112,7 @@ async def extend_ticket(
         )
         key = f"extended:{ticket.id}:{new_due.isoformat()}"
         notified = await tell_customer(session, ticket, tenant, text, key=key, now=now)
-    ticket.due_at = new_due  # resets next_reminder_at: the next pass plans the new deadline
+    ticket.due_at = new_due  # a trigger unplans it: the next pass plans the new deadline
     ticket.updated_at = now
     event = await add_event(
         session,

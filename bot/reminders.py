@@ -475,7 +475,7 @@ class ReminderPass:
                 tickets = await store.due_tickets(session, now=now, limit=self.batch)
                 await self._batch(session, tickets, now, report)
             report.looked_at += len(tickets)
-            if len(tickets) < self.batch:
+            if not tickets:  # a short batch may only have passed over tickets held elsewhere
                 break
         if report.sent or report.failed:
             log.info(
@@ -640,11 +640,12 @@ class ReminderPass:
                 if row is None:
                     raise LookupError(f"ticket {ticket.ref} is gone")
                 events = await events_of(session, ticket.id)
-                await self._act(session, row, tenant, events, now, done)
+                next_at = await self._act(session, row, tenant, events, now, done)
         except Exception as error:  # one broken ticket must not stop the others
             self._failed(ticket, error, now, report, quiet)
         else:
             report.add(done)
+            quiet[ticket.id] = next_at
 
     @staticmethod
     def _failed(
@@ -669,7 +670,8 @@ class ReminderPass:
         events: list[TicketEvent],
         now: datetime,
         report: PassReport,
-    ) -> None:
+    ) -> datetime:
+        """Plan and act on one ticket; its next look."""
         assert ticket.id is not None
         if tenant.pause_while_awaiting_requester:
             from bot.extensions import resync_due  # the deadline rules live with extensions
@@ -700,7 +702,7 @@ class ReminderPass:
             await self._send(session, ticket, tenant, item, now)
             report.count_sent(item.kind)
         closed = _status(ticket.status) in CLOSED_STATUSES
-        ticket.next_reminder_at = store.NEVER if closed or todo.next_at is None else todo.next_at
+        return store.NEVER if closed or todo.next_at is None else todo.next_at
 
     async def _send(
         self, session: AsyncSession, ticket: Ticket, tenant: Tenant, item: Due, now: datetime

@@ -2,8 +2,8 @@
 
 One interval job runs a pass every `PASS_INTERVAL` (15 s), which also picks up tickets that
 are new or changed since the last one. After each pass the clock asks the database for the
-earliest planned `next_reminder_at` and, when that comes before the next regular run, adds
-a one-off job for that moment: reminders go out on time without polling every second.
+earliest planned next look (`ticket_clock`) and, when that comes before the next regular
+run, adds a one-off job for that moment: reminders go out on time without polling every second.
 Several processes may run this side by side on one PostgreSQL database (`serve` and
 `clock`, or many of each): each reminder is claimed by exactly one of them.
 """

@@ -96,7 +96,6 @@ class Ticket(SQLModel, table=True):
         sa.UniqueConstraint("tenant", "year", "seq"),
         sa.Index("ix_ticket_status_due", "status", "due_at", "id"),
         sa.Index("ix_ticket_tenant_due", "tenant", "due_at", "id"),
-        sa.Index("ix_ticket_next_reminder", "next_reminder_at"),
         sa.Index("ix_ticket_tenant_status", "tenant", "status"),  # counts per status
     )
 
@@ -122,8 +121,6 @@ class Ticket(SQLModel, table=True):
     staff_thread_id: int | None = Field(default=None, sa_type=sa.BigInteger)
     created_at: datetime = _ts(default_now=True)
     updated_at: datetime = _ts(default_now=True)
-    # When the clock should look at this ticket again; NULL: (re)plan at the next pass.
-    next_reminder_at: datetime | None = _ts(nullable=True)
     # The hash of the newest event: the end of the tamper-evident chain (storage/history.py).
     history_head: str | None = Field(default=None, max_length=64)
     # What the clock reads from the history, kept beside its head by every event
@@ -314,10 +311,27 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = _ts(nullable=True)
 
 
+class TicketClock(SQLModel, table=True):
+    """When the clock should look at a ticket again; `next_at` NULL: (re)plan it at the next
+    pass. A row of its own, not a ticket column: on PostgreSQL, changing an indexed column of
+    `ticket` writes to all of its indexes (migration 0015). Triggers give each new ticket its
+    row and set `next_at` back to NULL when the ticket's status or deadline changes."""
+
+    __tablename__ = "ticket_clock"
+    __table_args__ = (sa.Index("ix_ticket_clock_next", "next_at"),)
+
+    ticket_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("ticket.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    next_at: datetime | None = _ts(nullable=True)
+
+
 class ClockPolicy(SQLModel, table=True):
     """The reminder policy a tenant's open tickets were last planned under, as a fingerprint.
 
-    A planned `next_reminder_at` is only right for the policy it was planned with: a process
+    A planned next look (`TicketClock`) is only right for the policy it was planned with: a process
     that loads a tenant whose fingerprint differs re-plans that tenant's open tickets
     (`storage.reminders.adopt_policy`).
     """
@@ -372,11 +386,3 @@ def _index_address(_mapper: Any, _connection: Any, target: Any) -> None:
 @sa.event.listens_for(OutboundMessage, "before_update")
 def _index_recipient(_mapper: Any, _connection: Any, target: OutboundMessage) -> None:
     target.recipient_index = blind_index(target.recipient)
-
-
-@sa.event.listens_for(Ticket.status, "set")
-@sa.event.listens_for(Ticket.due_at, "set")
-def _replan_on_change(target: Ticket, value: Any, oldvalue: Any, _initiator: Any) -> None:
-    """A new status or deadline invalidates the clock's plan: the next pass makes a new one."""
-    if value != oldvalue:
-        target.next_reminder_at = None

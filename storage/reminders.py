@@ -1,12 +1,11 @@
 """The clock's queries: which tickets need a look, claiming a reminder, where a customer is.
 
-Each ticket carries `next_reminder_at`, the moment the clock should look at it again (an
-index makes "what is due now" one range scan however many tickets are open). NULL means
-"plan me": a ticket is born with it, and changing its `status` or `due_at` through the
-ORM sets it back to NULL (the listener beside the model in `storage.models`), so a new
-deadline is planned at the next pass whoever changed it. Code that changes those columns
-with a bulk UPDATE must set `next_reminder_at = NULL` itself. A changed reminder policy
-unplans its tenant's open tickets (`adopt_policy`).
+Each ticket has a `ticket_clock` row whose `next_at` is the moment the clock should look at
+it again (an index makes "what is due now" one range scan however many tickets are open).
+NULL means "plan me": a ticket is born with it, and a change of its `status` or `due_at`
+sets it back to NULL (triggers, migration 0015, whatever the UPDATE), so a new deadline is
+planned at the next pass whoever changed it. A changed reminder policy unplans its
+tenant's open tickets (`adopt_policy`).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,18 +33,20 @@ from storage.models import (
     OutboundMessage,
     ReminderSent,
     Ticket,
+    TicketClock,
     TicketEvent,
     utcnow,
 )
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
-"""`next_reminder_at` of a ticket the clock has nothing more to do for (closed, paused)."""
+"""The next look of a ticket the clock has nothing more to do for (closed, paused)."""
 
 _TICKET = Ticket.__table__  # type: ignore[attr-defined]
 _EVENT = TicketEvent.__table__  # type: ignore[attr-defined]
 _SENT = ReminderSent.__table__  # type: ignore[attr-defined]
 _OUTBOX = OutboundMessage.__table__  # type: ignore[attr-defined]
 _POLICY = ClockPolicy.__table__  # type: ignore[attr-defined]
+_CLOCK = TicketClock.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,32 +126,30 @@ PLAN_COLUMNS = [
 async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> list[ToPlan]:
     """Lock up to `limit` tickets the clock must look at: unplanned, or their time has come.
 
-    Each kind is found on the `next_reminder_at` index by itself (one `OR` query ends up
+    Each kind is found on the `next_at` index by itself (one `OR` query ends up
     scanning the whole table: 0.15 s at a million tickets, per batch), the unplanned first,
-    then the earliest due; the rows are read by id once found. On PostgreSQL the rows stay
-    locked until the caller's transaction ends and SKIP LOCKED lets a second scheduler take
-    other tickets instead of waiting for these.
+    then the earliest due; the ticket rows are read by id once found. On PostgreSQL they
+    stay locked until the caller's transaction ends; SKIP LOCKED passes over a ticket that
+    another scheduler (or a desk action) holds, and a batch may then be short.
     """
-    column = _TICKET.c.next_reminder_at
+    column = _CLOCK.c.next_at
     connection = await session.connection()
-    ids: list[int] = []
-    for wanted, order in ((column.is_(None), ()), (column <= now, (column,))):
-        if len(ids) == limit:
+    found: list[ToPlan] = []
+    for wanted in (column.is_(None), column <= now):
+        if len(found) == limit:
             break
-        found = await connection.execute(
-            sa.select(_TICKET.c.id)
-            .where(wanted)
-            .order_by(*order)
-            .limit(limit - len(ids))
-            .with_for_update(skip_locked=True)
+        # ordered by the index even among NULLs: without it SQLite's statistics (half the
+        # rows NULL when a catch-up starts) pick a table scan that walks past every ticket
+        # planned so far, batch after batch
+        picked = sa.select(_CLOCK.c.ticket_id).where(wanted).order_by(column)
+        rows = await connection.execute(
+            sa.select(*PLAN_COLUMNS)
+            .where(_TICKET.c.id.in_(picked.limit(limit - len(found))))
+            .order_by(_TICKET.c.id)
+            .with_for_update(skip_locked=True)  # the ticket's row, which the desk locks too
         )
-        ids.extend(found.scalars())
-    if not ids:
-        return []
-    rows = await connection.execute(
-        sa.select(*PLAN_COLUMNS).where(_TICKET.c.id.in_(ids)).order_by(_TICKET.c.id)
-    )
-    return [ToPlan(*row) for row in rows]
+        found.extend(ToPlan(*row) for row in rows)
+    return sorted(found, key=attrgetter("id"))
 
 
 async def full_tickets(session: AsyncSession, ticket_ids: Sequence[int]) -> dict[int, DueTicket]:
@@ -162,9 +162,9 @@ async def full_tickets(session: AsyncSession, ticket_ids: Sequence[int]) -> dict
 
 
 async def next_wake(session: AsyncSession) -> datetime | None:
-    """The earliest planned `next_reminder_at`; unplanned tickets wait for the regular pass."""
+    """The earliest planned next look; unplanned tickets wait for the regular pass."""
     result = await session.exec(
-        select(sa.func.min(_TICKET.c.next_reminder_at)).where(_TICKET.c.next_reminder_at < NEVER)
+        select(sa.func.min(_CLOCK.c.next_at)).where(_CLOCK.c.next_at < NEVER)
     )
     return result.one()  # type: ignore[no-any-return]
 
@@ -189,15 +189,15 @@ async def set_next(session: AsyncSession, when_by_ticket: Mapping[int, datetime]
     await connection.execute(_SET_NEXT_SQLITE, {"pairs": json.dumps(pairs)})
 
 
-_NEXT_TYPE = _TICKET.c.next_reminder_at.type
+_NEXT_TYPE = _CLOCK.c.next_at.type
 _SET_NEXT_PG = sa.text(
-    "UPDATE ticket SET next_reminder_at = v.next_at "
+    "UPDATE ticket_clock SET next_at = v.next_at "
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:times AS timestamptz[])) AS v(id, next_at) "
-    "WHERE ticket.id = v.id"
+    "WHERE ticket_clock.ticket_id = v.id"
 )
 _SET_NEXT_SQLITE = sa.text(  # UPDATE … FROM: SQLite 3.33 (RETURNING, used here too: 3.35)
-    "UPDATE ticket SET next_reminder_at = json_extract(pair.value, '$[1]') "
-    "FROM json_each(:pairs) AS pair WHERE ticket.id = json_extract(pair.value, '$[0]')"
+    "UPDATE ticket_clock SET next_at = json_extract(pair.value, '$[1]') "
+    "FROM json_each(:pairs) AS pair WHERE ticket_clock.ticket_id = json_extract(pair.value, '$[0]')"
 )
 
 
@@ -243,14 +243,16 @@ async def adopt_policy(
     connection = await session.connection()
     if (await connection.execute(statement)).first() is None:
         return None
+    open_tickets = sa.select(_TICKET.c.id).where(
+        _TICKET.c.tenant == tenant, _TICKET.c.status.not_in(sorted(CLOSED_STATUSES))
+    )
     unplanned = await connection.execute(
-        sa.update(_TICKET)
+        sa.update(_CLOCK)
         .where(
-            _TICKET.c.tenant == tenant,
-            _TICKET.c.status.not_in(sorted(CLOSED_STATUSES)),
-            _TICKET.c.next_reminder_at.is_not(None),  # unplanned already: left as they are
+            _CLOCK.c.ticket_id.in_(open_tickets),
+            _CLOCK.c.next_at.is_not(None),  # unplanned already: left as they are
         )
-        .values(next_reminder_at=None)
+        .values(next_at=None)
     )
     return int(unplanned.rowcount)
 

@@ -8,8 +8,10 @@ import asyncio
 import copy
 import json
 import logging
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,12 +38,22 @@ from bot.reminders import (
 from bot.tenants import Tenant, Tenants
 from storage import reminders as store
 from storage import tickets
-from storage.db import SessionFactory, create_engine, session_factory, transaction
+from storage.db import SessionFactory, create_engine, migrate, session_factory, transaction
 from storage.enums import TicketStatus
 from storage.history import Summary, summarize
-from storage.models import Conversation, OutboundMessage, ReminderSent, Requester, Ticket
+from storage.models import (
+    Conversation,
+    OutboundMessage,
+    ReminderSent,
+    Requester,
+    Ticket,
+    TicketClock,
+)
 from storage.reminders import ToPlan
 from storage.tickets import events_of
+from storage.types import UTCDateTime
+from tests import conftest
+from tests.conftest import need
 
 STAFF_CHAT = -1001
 ADMINS = [11, 12]
@@ -391,6 +403,14 @@ async def outbox_rows(sessions: SessionFactory) -> list[OutboundMessage]:
         return list(await session.exec(select(OutboundMessage).order_by(col(OutboundMessage.id))))
 
 
+async def next_look(sessions: SessionFactory, ticket_id: int) -> datetime | None:
+    """When the clock will look at the ticket again (None: at the next pass)."""
+    async with sessions() as session:
+        found = await session.get(TicketClock, ticket_id)
+        assert found is not None
+        return found.next_at
+
+
 async def ticket_row(sessions: SessionFactory, ticket_id: int) -> Ticket:
     async with sessions() as session:
         found = await session.get(Ticket, ticket_id)
@@ -407,7 +427,7 @@ async def test_a_reminder_goes_out_once_and_the_next_look_is_planned(
 
     report = await job.run()  # plans the new ticket: nothing due yet
     assert (report.looked_at, report.sent) == (1, 0)
-    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == utc(2026, 3, 9, 18, 59, 59)
+    assert await next_look(sessions, ticket_id) == utc(2026, 3, 9, 18, 59, 59)
     assert (await job.run()).looked_at == 0  # nothing to look at until then
 
     clock.at = utc(2026, 3, 9, 19, 0)
@@ -420,7 +440,7 @@ async def test_a_reminder_goes_out_once_and_the_next_look_is_planned(
     assert text.startswith("⏰ Reminder: TD-2026-00001 (access) is due in 3 days (3 business")
     assert "(late)" not in text
     assert "2026-03-12 23:59 PKT" in text and "Not claimed yet" in text
-    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == utc(2026, 3, 11, 18, 59, 59)
+    assert await next_look(sessions, ticket_id) == utc(2026, 3, 11, 18, 59, 59)
 
 
 async def test_the_assignee_is_reminded_in_private_and_admins_get_escalations(
@@ -465,12 +485,16 @@ async def test_escalations_repeat_until_closed_and_catch_up_once_after_downtime(
     async with transaction(sessions) as session:
         ticket = await session.get(Ticket, ticket_id)
         assert ticket is not None
-        ticket.status = TicketStatus.RESOLVED  # the listener asks for a new plan
-        assert ticket.next_reminder_at is None
+        ticket.status = TicketStatus.RESOLVED
+        await session.flush()
+        clock_row = await session.get(TicketClock, ticket_id)
+        assert clock_row is not None
+        await session.refresh(clock_row)
+        assert clock_row.next_at is None  # the trigger asks for a new plan
     clock.at = THU + timedelta(days=9)
     await job.run()
     assert len(await outbox_rows(sessions)) == 2 * len(ADMINS)
-    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == store.NEVER
+    assert await next_look(sessions, ticket_id) == store.NEVER
 
 
 async def test_customers_are_nudged_then_unverified_requests_expire(
@@ -505,7 +529,7 @@ async def test_customers_are_nudged_then_unverified_requests_expire(
     await job.run()
     ticket = await ticket_row(sessions, waiting)
     assert ticket.status == TicketStatus.EXPIRED and ticket.closed_at == clock.at
-    assert ticket.next_reminder_at == store.NEVER
+    assert await next_look(sessions, waiting) == store.NEVER
     rows = await outbox_rows(sessions)
     # A week after the customer last wrote: outside WhatsApp's window, so the notice is held
     # (free text, sent when they next write) and the approved template invites them back.
@@ -592,7 +616,7 @@ async def test_a_ticket_of_an_unknown_tenant_is_left_alone(sessions: SessionFact
     job = ReminderPass(sessions, Tenants([PK]), now=Clock(THU + timedelta(days=1)))
     assert (await job.run()).looked_at == 1
     assert await outbox_rows(sessions) == []
-    assert (await ticket_row(sessions, ticket_id)).next_reminder_at == store.NEVER
+    assert await next_look(sessions, ticket_id) == store.NEVER
 
 
 async def test_one_broken_ticket_does_not_stop_the_others(
@@ -615,8 +639,8 @@ async def test_one_broken_ticket_does_not_stop_the_others(
         report = await ReminderPass(sessions, Tenants([PK]), now=Clock(now)).run()
     assert (report.sent, report.failed) == (1, 1)
     assert "TD-2026-00002 failed" in caplog.text
-    assert (await ticket_row(sessions, bad)).next_reminder_at == now + bot.reminders.RETRY_AFTER
-    assert (await ticket_row(sessions, good)).next_reminder_at == THU + timedelta(days=1)
+    assert await next_look(sessions, bad) == now + bot.reminders.RETRY_AFTER
+    assert await next_look(sessions, good) == THU + timedelta(days=1)
 
 
 # --- batches: planned in Python, staff reminders claimed and queued in bulk ----------------
@@ -754,7 +778,7 @@ async def test_a_batch_sends_what_one_ticket_at_a_time_would(
     )
     assert "TD-2026-00005" in nudge.payload["text"]
 
-    next_looks = {name: (await ticket_row(sessions, i)).next_reminder_at for name, i in ids.items()}
+    next_looks = {name: await next_look(sessions, i) for name, i in ids.items()}
     assert next_looks == {
         "overdue": THU + timedelta(days=1),  # escalation 1
         "assigned": utc(2026, 3, 13, 14, 59, 59),  # 4 hours before FRI
@@ -821,8 +845,8 @@ async def test_a_ticket_that_breaks_the_bulk_statements_fails_alone(
     async with sessions() as session:
         claimed = {r.ticket_id for r in await session.exec(select(ReminderSent))}
     assert claimed == {first, last}  # the broken ticket's claim went with its savepoint
-    assert (await ticket_row(sessions, broken)).next_reminder_at == NOW + RETRY_AFTER
-    assert (await ticket_row(sessions, first)).next_reminder_at == THU + timedelta(days=1)
+    assert await next_look(sessions, broken) == NOW + RETRY_AFTER
+    assert await next_look(sessions, first) == THU + timedelta(days=1)
 
     monkeypatch.setattr(bot.reminders, "staff_text", real)  # mended: sent at its next look
     later = NOW + RETRY_AFTER
@@ -839,15 +863,15 @@ async def test_what_was_claimed_or_queued_before_is_not_sent_again(
     ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(3)]
     job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW))
     assert (await job.run()).sent == 3
-    table = Ticket.__table__  # type: ignore[attr-defined]
+    table = TicketClock.__table__  # type: ignore[attr-defined]
     async with transaction(sessions) as session:
-        await session.exec(sa.update(table).values(next_reminder_at=None))
+        await session.exec(sa.update(table).values(next_at=None))
     report = await job.run()
     assert (report.looked_at, report.sent, report.already_sent) == (3, 0, 3)
 
     async with transaction(sessions) as session:  # the claims lost, the messages kept
         await session.exec(sa.delete(ReminderSent.__table__))  # type: ignore[attr-defined]
-        await session.exec(sa.update(table).values(next_reminder_at=None))
+        await session.exec(sa.update(table).values(next_at=None))
     report = await job.run()
     assert (report.sent, report.failed) == (3, 0)
     rows = await outbox_rows(sessions)
@@ -900,9 +924,10 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
         channels={"telegram_start": "other-desk", "whatsapp_numbers": ["+14155230002"]},
     )
     other_id = await file_ticket(sessions, other, received=OPEN_SINCE, due_at=THU)
-    assert (await ReminderPass(sessions, Tenants([PK, other]), now=clock).run()).looked_at == 3
-    assert (await ticket_row(sessions, open_id)).next_reminder_at == utc(2026, 3, 9, 18, 59, 59)
-    other_planned = (await ticket_row(sessions, other_id)).next_reminder_at
+    assert await next_look(sessions, closed_id) == store.NEVER  # filed closed: never looked at
+    assert (await ReminderPass(sessions, Tenants([PK, other]), now=clock).run()).looked_at == 2
+    assert await next_look(sessions, open_id) == utc(2026, 3, 9, 18, 59, 59)
+    other_planned = await next_look(sessions, other_id)
     assert other_planned == utc(2026, 3, 9, 18, 59, 59)
 
     # Restarted with a reminder five business days ahead: Thursday 5 March, 23:59:59 PKT.
@@ -912,19 +937,19 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
     with caplog.at_level(logging.INFO, logger="bot.reminders"):
         report = await ReminderPass(sessions, Tenants([earlier, other]), now=clock).run()
     assert (report.looked_at, report.sent) == (1, 1)  # the other tenant's ticket is left alone
-    assert (await ticket_row(sessions, other_id)).next_reminder_at == other_planned
+    assert await next_look(sessions, other_id) == other_planned
     assert "other-desk has a new reminder policy" not in caplog.text
     async with sessions() as session:
         (sent,) = await store.sent_for(session, open_id)
     assert (sent.slot, sent.late) == ("5 business days", False)
     assert "test-desk has a new reminder policy; 1 open tickets to plan again" in caplog.text
-    assert (await ticket_row(sessions, closed_id)).next_reminder_at == store.NEVER
+    assert await next_look(sessions, closed_id) == store.NEVER
 
     # Another process with the same policy finds it adopted and nothing to plan again.
     again = ReminderPass(sessions, Tenants([earlier, other]), now=clock)
     assert (await again.run()).looked_at == 0
-    planned = await ticket_row(sessions, open_id)
-    assert planned.next_reminder_at == utc(2026, 3, 11, 18, 59, 59)  # 1 business day before
+    planned = await next_look(sessions, open_id)
+    assert planned == utc(2026, 3, 11, 18, 59, 59)  # 1 business day before
 
 
 # --- two schedulers, one PostgreSQL database ------------------------------------------
@@ -932,11 +957,12 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
 
 async def _due_without_locks(session: Any, *, now: datetime, limit: int) -> list[ToPlan]:
     """`due_tickets` minus FOR UPDATE SKIP LOCKED: both schedulers see the same tickets."""
-    table = Ticket.__table__  # type: ignore[attr-defined]
+    table, clock = Ticket.__table__, TicketClock.__table__  # type: ignore[attr-defined]
     connection = await session.connection()
     result = await connection.execute(
         sa.select(*store.PLAN_COLUMNS)
-        .where(table.c.next_reminder_at.is_(None) | (table.c.next_reminder_at <= now))
+        .join(clock, clock.c.ticket_id == table.c.id)
+        .where(clock.c.next_at.is_(None) | (clock.c.next_at <= now))
         .order_by(table.c.id)
         .limit(limit)
     )
@@ -1007,3 +1033,81 @@ async def test_two_schedulers_on_one_postgres_send_each_reminder_exactly_once(
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+# --- the next look's own row ------------------------------------------------------------
+
+
+async def test_the_next_look_follows_the_ticket_whatever_writes_it(
+    sessions: SessionFactory,
+) -> None:
+    """Triggers keep `ticket_clock` right for writes the ORM never sees: a bulk UPDATE of a
+    ticket's deadline or status asks for a new plan; other columns leave the plan alone."""
+    ticket_id = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
+    assert await next_look(sessions, ticket_id) is None  # born unplanned
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(OPEN_SINCE))
+    await job.run()
+    assert await next_look(sessions, ticket_id) == utc(2026, 3, 9, 18, 59, 59)
+
+    table = Ticket.__table__  # type: ignore[attr-defined]
+    later = THU + timedelta(days=7)
+    for values, planned in (
+        ({"assignee_name": "Ayesha"}, True),
+        ({"due_at": later}, False),
+        ({"status": TicketStatus.IN_PROGRESS}, False),
+        ({"status": TicketStatus.IN_PROGRESS, "updated_at": OPEN_SINCE}, True),  # unchanged
+    ):
+        await job.run()
+        assert await next_look(sessions, ticket_id) is not None
+        async with transaction(sessions) as session:
+            await session.exec(sa.update(table).where(table.c.id == ticket_id).values(**values))  # type: ignore[call-overload]
+        assert (await next_look(sessions, ticket_id) is not None) is planned, values
+    await job.run()
+    assert await next_look(sessions, ticket_id) == utc(2026, 3, 16, 18, 59, 59)  # the new deadline
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_upgrading_to_the_clock_table_keeps_every_plan(
+    tmp_path: Path, kind: str, pg_template: str | None
+) -> None:
+    """Migration 0015 moves each ticket's planned look from its row to `ticket_clock`."""
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'upgrade.db'}"
+    else:
+        need(pg_template is not None, "PostgreSQL at 127.0.0.1:5432 is not reachable")
+        name = f"rd_upgrade_{uuid.uuid4().hex[:10]}"
+        await conftest._pg_execute(f'CREATE DATABASE "{name}"')
+        url = conftest._pg_url(name)
+    engine = create_engine(url)
+    try:
+        await migrate(engine, "0014")
+        planned = utc(2026, 3, 9, 18, 59, 59)
+        async with engine.begin() as connection:
+            for number, look in ((1, planned), (2, None)):
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO ticket (tenant, ref, year, seq, kind, status, channel, "
+                        "language, received_at, created_at, updated_at, next_reminder_at) VALUES "
+                        "('test-desk', :ref, 2026, :seq, 'access', 'open', 'telegram', 'en', "
+                        ":at, :at, :at, :look)"
+                    ).bindparams(
+                        sa.bindparam("at", type_=UTCDateTime()),
+                        sa.bindparam("look", type_=UTCDateTime()),
+                    ),
+                    {"ref": f"TD-2026-{number:05d}", "seq": number, "at": OPEN_SINCE, "look": look},
+                )
+        await migrate(engine)
+        async with engine.connect() as connection:
+            clock = TicketClock.__table__  # type: ignore[attr-defined]
+            rows = await connection.execute(
+                sa.select(clock.c.ticket_id, clock.c.next_at).order_by(clock.c.ticket_id)
+            )
+            assert [tuple(row) for row in rows] == [(1, planned), (2, None)]
+            columns = await connection.run_sync(
+                lambda sync: [c["name"] for c in sa.inspect(sync).get_columns("ticket")]
+            )
+        assert "next_reminder_at" not in columns and "history_status" in columns
+    finally:
+        await engine.dispose()
+        if kind == "postgres":
+            await conftest._pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
