@@ -9,6 +9,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import history, tickets
 from storage.db import SessionFactory, transaction
@@ -19,16 +20,21 @@ from tests.test_cli import rightsdesk
 WHEN = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
 
+async def _new_ticket(session: AsyncSession, status: TicketStatus = TicketStatus.OPEN) -> Ticket:
+    return await tickets.create_ticket(
+        session,
+        tenant="od",
+        ref_prefix="OD",
+        kind="erasure",
+        channel="whatsapp",
+        received_at=WHEN,
+        status=status,
+    )
+
+
 async def _ticket_with_history(sessions: SessionFactory, events: int = 4) -> str:
     async with transaction(sessions) as session:
-        ticket = await tickets.create_ticket(
-            session,
-            tenant="od",
-            ref_prefix="OD",
-            kind="erasure",
-            channel="whatsapp",
-            received_at=WHEN,
-        )
+        ticket = await _new_ticket(session)
         for n in range(1, events):
             await tickets.add_event(
                 session,
@@ -166,15 +172,7 @@ async def test_the_row_keeps_the_summary_of_its_history(sessions: SessionFactory
         ("extended", {"due_at": "2026-05-31T18:59:59+00:00", "reason": "complex"}),
     ]
     async with transaction(sessions) as session:
-        ticket = await tickets.create_ticket(
-            session,
-            tenant="od",
-            ref_prefix="OD",
-            kind="erasure",
-            channel="whatsapp",
-            received_at=WHEN,
-            status=TicketStatus.AWAITING_VERIFICATION,
-        )
+        ticket = await _new_ticket(session, TicketStatus.AWAITING_VERIFICATION)
         assert ticket.id is not None
         kept = [history.Summary("awaiting_verification", WHEN, None)]
         for n, (kind, data) in enumerate(steps, start=1):

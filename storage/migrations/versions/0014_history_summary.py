@@ -35,6 +35,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("ticket") as batch_op:
-        for name in reversed(COLUMNS):
-            batch_op.drop_column(name)
+    # in place (SQLite 3.35): a batch rebuild of `ticket` would lose its triggers (0008)
+    for name in reversed(COLUMNS):
+        op.execute(f"ALTER TABLE ticket DROP COLUMN {name}")
