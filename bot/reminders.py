@@ -238,13 +238,6 @@ def facts_of_row(ticket: store.ToPlan) -> Facts:
     return Facts(_status(ticket.status), ticket.due_at, ticket.deadline_set_at, ticket.status_since)
 
 
-def kept_summary(ticket: Ticket) -> Summary | None:
-    """The summary kept on the ticket's row; None for a ticket older than migration 0014."""
-    if ticket.history_status is None:
-        return None
-    return Summary(ticket.history_status, ticket.history_status_at, ticket.history_due_set_at)
-
-
 def plan(
     facts: Facts,
     tenant: Tenant,
@@ -531,18 +524,16 @@ class ReminderPass:
                 planned.append(_Planned(ticket.id, tenant, todo))
             else:
                 quiet[ticket.id] = todo.next_at or store.NEVER
-        planned = await self._not_sent_yet(session, planned, report)
-        full = await store.full_tickets(
-            session, [item.ticket_id for item in planned if item.todo.due]
-        )
-        to_staff: list[_ToStaff] = []
-        for item in planned:
+        staff_only: list[_Planned] = []
+        for item in await self._not_sent_yet(session, planned, report):
             if not item.todo.due:
                 quiet[item.ticket_id] = item.todo.next_at or store.NEVER
             elif all(due.kind in STAFF_KINDS for due in item.todo.due):
-                to_staff.append(_ToStaff(full[item.ticket_id], item.tenant, item.todo))
+                staff_only.append(item)
             else:
-                alone.append(item.ticket_id)
+                alone.append(item.ticket_id)  # `_alone` reads its ORM row itself
+        full = await store.full_tickets(session, [item.ticket_id for item in staff_only])
+        to_staff = [_ToStaff(full[item.ticket_id], item.tenant, item.todo) for item in staff_only]
         if to_staff:
             done = PassReport()
             try:
@@ -679,8 +670,8 @@ class ReminderPass:
             moved = await resync_due(session, ticket, tenant, events, now=now)
             if moved is not None:
                 events = [*events, moved]
-        summary = kept_summary(ticket)
-        if summary is None:  # older than migration 0014: kept from now on
+        summary = Summary.kept_on(ticket)
+        if summary.status is None:  # older than migration 0014: kept from now on
             summary = summarize(events)
             for name, value in summary.values().items():
                 setattr(ticket, name, value)

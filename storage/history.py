@@ -87,6 +87,11 @@ class Summary:
             due_set_at = at
         return Summary(status, status_at, due_set_at)
 
+    @classmethod
+    def kept_on(cls, ticket: Ticket) -> Summary:
+        """The summary the ticket's row holds (`status` None: not known)."""
+        return cls(ticket.history_status, ticket.history_status_at, ticket.history_due_set_at)
+
     def values(self) -> dict[str, Any]:
         """The ticket columns that hold it."""
         return {
@@ -195,7 +200,7 @@ def check_chain(ticket: Ticket, events: list[TicketEvent]) -> list[Finding]:
         running = event.hash
     if running != ticket.history_head:
         found.append(Finding(ticket.ref, None, "its newest event was removed or replaced"))
-    kept = Summary(ticket.history_status, ticket.history_status_at, ticket.history_due_set_at)
+    kept = Summary.kept_on(ticket)
     redacted_any = any(REDACTED in event.data for event in events)  # its facts are gone
     if kept.status is not None and not redacted_any and kept != summarize(events):
         found.append(Finding(ticket.ref, None, "the summary on its row differs from its events"))

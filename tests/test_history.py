@@ -179,10 +179,7 @@ async def test_the_row_keeps_the_summary_of_its_history(sessions: SessionFactory
             await tickets.add_event(
                 session, ticket, actor="staff:7", kind=kind, at=WHEN + timedelta(hours=n), data=data
             )
-            kept.append(
-                history.Summary(ticket.history_status, ticket.history_status_at,
-                                ticket.history_due_set_at)
-            )  # fmt: skip
+            kept.append(history.Summary.kept_on(ticket))
         ticket_id, ref = ticket.id, ticket.ref
     hour = [WHEN + timedelta(hours=n) for n in range(len(steps) + 1)]
     assert [(k.status, k.status_at, k.due_set_at) for k in kept] == [

@@ -697,7 +697,7 @@ async def summaries(sessions: SessionFactory, ids: dict[str, int]) -> dict[str, 
     async with sessions() as session:
         for name, ticket_id in ids.items():
             row = await ticket_row(sessions, ticket_id)
-            kept = Summary(row.history_status, row.history_status_at, row.history_due_set_at)
+            kept = Summary.kept_on(row)
             events = await events_of(session, ticket_id)
             found[name] = (kept.status is not None, kept == summarize(events))
     return found
