@@ -23,6 +23,7 @@ Which reminder is due at `now` (`plan`):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -253,43 +254,65 @@ def plan(
     due: list[Due] = []
     later: list[datetime] = []
 
-    def found(kind: ReminderKind, anchor: datetime, slot: str, at: datetime) -> None:
-        due.append(Due(kind, anchor, slot, at, late=now - at > late_after))
-
     if facts.status is TicketStatus.AWAITING_VERIFICATION:
         expires = add_duration(facts.status_since, tenant.unverified_expire_after, calendar)
         if now >= expires:
-            found(ReminderKind.EXPIRE, facts.status_since, "", expires)
-            return Plan(tuple(due), None)
+            at = expires
+            late = now - at > late_after
+            return Plan((Due(ReminderKind.EXPIRE, facts.status_since, "", at, late),), None)
         later.append(expires)
         _nudge(ReminderKind.VERIFY_NUDGE, facts, now, expires, due, later)
     elif facts.status is TicketStatus.AWAITING_REQUESTER:
         _nudge(ReminderKind.REQUESTER_NUDGE, facts, now, None, due, later)
+    deadline = deadline_plan(facts, tenant, now, late_after=late_after, calendar=calendar)
+    due.extend(deadline.due)
+    if deadline.next_at is not None:
+        later.append(deadline.next_at)
+    upcoming = [at for at in later if at > now]
+    return Plan(tuple(due), min(upcoming) if upcoming else None)
 
+
+def deadline_plan(
+    facts: Facts,
+    tenant: Tenant,
+    now: datetime,
+    *,
+    late_after: timedelta = LATE_AFTER,
+    calendar: BusinessCalendar | None = None,
+) -> Plan:
+    """The part of `plan` that follows the deadline: the reminder before it or the
+    escalation after it that is due now (at most one), and the next of them.
+
+    It reads the status (closed, or paused while awaiting the requester), the deadline and
+    when it was set, never `status_since`: tickets that share those share this part."""
     paused = (
         facts.status is TicketStatus.AWAITING_REQUESTER and tenant.pause_while_awaiting_requester
     )
-    if facts.due_at is not None and not paused:
-        deadline = facts.due_at
-        if now < deadline:
-            latest: tuple[datetime, str] | None = None  # the reminder due now, if any
-            for item in before_times(deadline, tenant.reminders.before, calendar):
-                if item[0] < facts.deadline_set_at:
-                    continue  # timed before this deadline was set: not one of its reminders
-                if item[0] > now:
-                    later.append(item[0])
-                elif latest is None or item > latest:
-                    latest = item
-            if latest is not None:
-                found(ReminderKind.BEFORE, deadline, latest[1], latest[0])
-            later.append(deadline)
-        else:
-            every = tenant.reminders.overdue_every
-            k = latest_occurrence(deadline, every, now, calendar)
-            found(ReminderKind.OVERDUE, deadline, str(k), occurrence(deadline, every, k, calendar))
-            later.append(occurrence(deadline, every, k + 1, calendar))
-    upcoming = [at for at in later if at > now]
-    return Plan(tuple(due), min(upcoming) if upcoming else None)
+    if facts.status in CLOSED_STATUSES or facts.due_at is None or paused:
+        return Plan((), None)
+    calendar = calendar or tenant_calendar(tenant)
+    deadline = facts.due_at
+    if now >= deadline:
+        every = tenant.reminders.overdue_every
+        k = latest_occurrence(deadline, every, now, calendar)
+        at = occurrence(deadline, every, k, calendar)
+        escalation = Due(ReminderKind.OVERDUE, deadline, str(k), at, late=now - at > late_after)
+        return Plan((escalation,), occurrence(deadline, every, k + 1, calendar))
+    latest: tuple[datetime, str] | None = None  # the reminder due now, if any
+    later = [deadline]
+    for item in before_times(deadline, tenant.reminders.before, calendar):
+        if item[0] < facts.deadline_set_at:
+            continue  # timed before this deadline was set: not one of its reminders
+        if item[0] > now:
+            later.append(item[0])
+        elif latest is None or item > latest:
+            latest = item
+    if latest is None:
+        return Plan((), min(later))
+    reminder = Due(
+        ReminderKind.BEFORE, deadline, latest[1], latest[0], now - latest[0] > late_after
+    )
+    return Plan((reminder,), min(later))
 
 
 def _nudge(
@@ -308,6 +331,61 @@ def _nudge(
         later.append(at)
     elif now < facts.status_since + WINDOW:
         due.append(Due(kind, facts.status_since, "", at, late=False))
+
+
+def plan_group(
+    group: store.Group, tenant: Tenant, now: datetime, late_after: timedelta
+) -> list[store.Piece]:
+    """`plan` for every ticket of `group` at once, as pieces the database applies to each
+    ticket (`store.plan_groups`).
+
+    The deadline part (`deadline_plan`) depends on when the deadline was set only through
+    which of the reminders before it were timed after that: one piece per span between
+    their times, planned for the latest moment of the span (none of them for a deadline
+    set after the last). The waiting part comes from each ticket's own `status_since`: the
+    nudge at its exact time; the expiry no earlier than its shortest possible span (a
+    look then plans that ticket on its own, with its exact expiry)."""
+    status = _status(group.status)
+    waiting: dict[str, timedelta] = {}
+    if status in (TicketStatus.AWAITING_VERIFICATION, TicketStatus.AWAITING_REQUESTER):
+        waiting = {"nudge_at": NUDGE_AFTER, "nudge_until": WINDOW}
+    if status is TicketStatus.AWAITING_VERIFICATION:
+        waiting["expires_from"] = shortest(tenant.unverified_expire_after)
+    calendar = tenant_calendar(tenant)
+    times: list[datetime] = []
+    if group.due_at is not None and now < group.due_at:
+        times = sorted(
+            {at for at, _slot in before_times(group.due_at, tenant.reminders.before, calendar)}
+        )
+    spans = list(zip([None, *times], [*times, None], strict=True))
+    found: list[store.Piece] = []
+    for after, upto in spans:
+        set_at = upto if upto is not None else (after or now) + timedelta(microseconds=1)
+        part = deadline_plan(
+            Facts(status, group.due_at, set_at, now),
+            tenant,
+            now,
+            late_after=late_after,
+            calendar=calendar,
+        )
+        reminder = None
+        if part.due:
+            (due,) = part.due  # a deadline has at most one reminder or escalation due at once
+            reminder = (str(due.kind), due.slot, due.at)
+        piece = store.Piece(group, after, upto, part.next_at or store.NEVER, reminder, **waiting)
+        if found and (found[-1].next_at, found[-1].reminder) == (piece.next_at, piece.reminder):
+            piece = dataclasses.replace(found.pop(), set_upto=upto)  # the same plan: one span
+        found.append(piece)
+    return found
+
+
+def shortest(duration: Duration) -> timedelta:
+    """A span no clock of `duration` can run out before, whatever its start."""
+    if duration.unit is Unit.IMMEDIATE:
+        return timedelta(0)
+    if duration.unit in _ELAPSED:
+        return _ELAPSED[duration.unit] * duration.amount
+    return _SHORTEST_STEP[duration.unit] * duration.amount
 
 
 def policy_fingerprint(tenant: Tenant) -> str:
@@ -394,7 +472,8 @@ STAFF_KINDS = frozenset({ReminderKind.BEFORE, ReminderKind.OVERDUE})
 
 @dataclass
 class PassReport:
-    looked_at: int = 0
+    planned: int = 0  # planned in sets (those with a reminder due are then looked at too)
+    looked_at: int = 0  # looked at one by one: something due, or not plannable in sets
     sent: int = 0
     already_sent: int = 0
     failed: int = 0
@@ -405,6 +484,7 @@ class PassReport:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 
     def add(self, other: PassReport) -> None:
+        self.planned += other.planned
         self.looked_at += other.looked_at
         self.sent += other.sent
         self.already_sent += other.already_sent
@@ -454,15 +534,20 @@ class ReminderPass:
     # meanwhile): ≈ 15 ms when it only plans, 35–110 ms when most of it sends; 1,000 a
     # batch was 5–15 % faster but raised `serve`'s peak memory by 16 MB (bench/README.md)
     batch: int = 500
+    # Fewer tickets to plan than this are planned in the batches, one by one: planning in
+    # sets costs a scratch table and a few more statements, worth it for many
+    in_sets_from: int = 200
     late_after: timedelta = LATE_AFTER
     _policies_adopted: bool = field(default=False, init=False, repr=False)
 
     async def run(self) -> PassReport:
         """Act on everything due at this moment; returns what was done."""
         now = self.now()
-        if not self._policies_adopted:
-            await self.adopt_policies(now)
         report = PassReport()
+        if not self._policies_adopted:
+            report.planned += await self.adopt_policies(now)
+        async with transaction(self.sessions) as session:
+            report.planned += await self.plan_in_sets(session, store.Scope(), now) or 0
         for _round in range(MAX_ROUNDS):
             async with transaction(self.sessions) as session:
                 tickets = await store.due_tickets(session, now=now, limit=self.batch)
@@ -480,21 +565,56 @@ class ReminderPass:
             )
         return report
 
-    async def adopt_policies(self, now: datetime) -> None:
+    async def plan_in_sets(
+        self, session: AsyncSession, scope: store.Scope, now: datetime
+    ) -> int | None:
+        """Plan the tickets of `scope` by groups that share a plan (`plan_group`), in one
+        UPDATE; how many (None: too few to be worth it, or it failed, and it wrote
+        nothing). What it leaves unplanned
+        (tenants not loaded or whose deadlines move while tickets wait, rows older than
+        migration 0014) and what is due now are handled ticket by ticket."""
+        if await store.count(session, scope, at_most=self.in_sets_from) < self.in_sets_from:
+            return None
+        found: list[store.Piece] = []
+        try:
+            async with session.begin_nested():
+                for group in await store.read_scope(session, scope):
+                    if group.tenant not in self.tenants:
+                        continue
+                    tenant = self.tenants.by_slug(group.tenant)
+                    if not tenant.pause_while_awaiting_requester:
+                        found.extend(plan_group(group, tenant, now, self.late_after))
+                return await store.plan_groups(session, found, now=now)
+        except Exception:  # the ticket-at-a-time pass plans them all the same, only slower
+            log.exception("clock: planning in sets failed (%d pieces)", len(found))
+            return None
+
+    async def adopt_policies(self, now: datetime) -> int:
         """Once per process, before its first pass: the open tickets of a tenant whose
-        reminder policy is not the one they were planned under are planned again."""
+        reminder policy is not the one they were planned under are planned again (how
+        many were, in sets)."""
+        total = 0
         async with transaction(self.sessions) as session:
             for tenant in self.tenants:
-                unplanned = await store.adopt_policy(
-                    session, tenant=tenant.slug, fingerprint=policy_fingerprint(tenant), now=now
+                fingerprint = policy_fingerprint(tenant)
+                if not await store.adopt_policy(
+                    session, tenant=tenant.slug, fingerprint=fingerprint, now=now
+                ):
+                    continue
+                planned = None  # a tenant whose deadlines move while tickets wait: one by one
+                if not tenant.pause_while_awaiting_requester:
+                    planned = await self.plan_in_sets(session, store.Scope(tenant.slug), now)
+                unplanned = 0 if planned is not None else await store.unplan(session, tenant.slug)
+                log.info(
+                    "clock: %s has a new reminder policy; %d open tickets planned again, "
+                    "%d left to the pass",
+                    tenant.slug,
+                    planned or 0,
+                    unplanned,
                 )
-                if unplanned is not None:
-                    log.info(
-                        "clock: %s has a new reminder policy; %d open tickets to plan again",
-                        tenant.slug,
-                        unplanned,
-                    )
+                total += planned or 0
         self._policies_adopted = True
+        return total
 
     async def _batch(
         self, session: AsyncSession, tickets: list[store.ToPlan], now: datetime, report: PassReport

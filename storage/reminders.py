@@ -14,7 +14,7 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
@@ -23,8 +23,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.admin_queries import ACTIVE_SQL
 from storage.crypto import blind_index
-from storage.enums import CLOSED_STATUSES, OutboxStatus
+from storage.enums import OutboxStatus
 from storage.history import Summary
 from storage.models import (
     ClockPolicy,
@@ -103,24 +104,26 @@ class ToPlan:
 
 _DUE_COLUMNS = [_TICKET.c[name] for name in DueTicket.__slots__]
 _started = sa.func.coalesce(_TICKET.c.clock_started_at, _TICKET.c.received_at)
+_SET_AT = sa.type_coerce(  # `ToPlan.deadline_set_at`
+    sa.case((_TICKET.c.history_due_set_at > _started, _TICKET.c.history_due_set_at),
+            else_=_started),
+    _TICKET.c.received_at.type,
+)  # fmt: skip
+_SINCE = sa.type_coerce(  # `ToPlan.status_since`
+    sa.case((_TICKET.c.history_status == _TICKET.c.status, _TICKET.c.history_status_at),
+            else_=_TICKET.c.updated_at),
+    _TICKET.c.updated_at.type,
+)  # fmt: skip
 PLAN_COLUMNS = [
     _TICKET.c.id,
     _TICKET.c.tenant,
     _TICKET.c.ref,
     _TICKET.c.status,
     _TICKET.c.due_at,
-    sa.type_coerce(
-        sa.case((_TICKET.c.history_due_set_at > _started, _TICKET.c.history_due_set_at),
-                else_=_started),
-        Ticket.__table__.c.received_at.type,  # type: ignore[attr-defined]
-    ),
-    sa.type_coerce(
-        sa.case((_TICKET.c.history_status == _TICKET.c.status, _TICKET.c.history_status_at),
-                else_=_TICKET.c.updated_at),
-        Ticket.__table__.c.updated_at.type,  # type: ignore[attr-defined]
-    ),
+    _SET_AT,
+    _SINCE,
     _TICKET.c.history_status.is_not(None),
-]  # fmt: skip
+]
 
 
 async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> list[ToPlan]:
@@ -225,9 +228,9 @@ async def fill_summaries(session: AsyncSession, summaries: Mapping[int, Summary]
 
 async def adopt_policy(
     session: AsyncSession, *, tenant: str, fingerprint: str, now: datetime
-) -> int | None:
-    """Record that `tenant`'s tickets are planned under `fingerprint`; when that is new,
-    unplan its open tickets (the next pass plans them again) and return how many.
+) -> bool:
+    """Record that `tenant`'s tickets are planned under `fingerprint`; True when that is
+    new: its open tickets must then be planned again, in the same transaction.
 
     INSERT … ON CONFLICT DO UPDATE … WHERE the fingerprint differs, RETURNING: a row comes
     back only to the process that changed it (on PostgreSQL a second one starting at the
@@ -241,11 +244,13 @@ async def adopt_policy(
         where=_POLICY.c.fingerprint != insert.excluded.fingerprint,
     ).returning(_POLICY.c.tenant)
     connection = await session.connection()
-    if (await connection.execute(statement)).first() is None:
-        return None
-    open_tickets = sa.select(_TICKET.c.id).where(
-        _TICKET.c.tenant == tenant, _TICKET.c.status.not_in(sorted(CLOSED_STATUSES))
-    )
+    return (await connection.execute(statement)).first() is not None
+
+
+async def unplan(session: AsyncSession, tenant: str) -> int:
+    """Unplan `tenant`'s open tickets for the next pass to plan; how many."""
+    open_tickets = sa.select(_TICKET.c.id).where(_TICKET.c.tenant == tenant, ACTIVE_SQL)
+    connection = await session.connection()
     unplanned = await connection.execute(
         sa.update(_CLOCK)
         .where(
@@ -478,3 +483,247 @@ async def last_contact(session: AsyncSession, ticket: Ticket, address: str) -> L
     )
     row = result.first()
     return LastContact() if row is None else LastContact(row[0], row[1])
+
+
+# --- planning in sets -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Tickets of one tenant in one status with one deadline: what they share of a plan."""
+
+    tenant: str
+    status: str
+    due_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """The next look of a `Group`'s tickets whose deadline was set in (`set_after`,
+    `set_upto`] (None: unbounded), worked out once for all of them.
+
+    `reminder` (kind, slot, at) is a reminder due now: a ticket that has sent it looks next
+    at `next_at`, one that has not at `at`, so that the same pass sends it. The waiting
+    part comes from each ticket's `status_since`: a look at since + `nudge_at` while since
+    + `nudge_until` is ahead, and one at since + `expires_from`. A ticket looked at too
+    early is planned on its own then; one never too late."""
+
+    group: Group
+    set_after: datetime | None
+    set_upto: datetime | None
+    next_at: datetime  # NEVER: nothing more unless the ticket changes
+    reminder: tuple[str, str, datetime] | None = None
+    nudge_at: timedelta | None = None
+    nudge_until: timedelta | None = None
+    expires_from: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The tickets one planning in sets covers: the unplanned ones, or (`tenant`) every
+    open ticket of a tenant whose policy changed."""
+
+    tenant: str | None = None
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        if self.tenant is None:
+            # by the index even among NULLs (SQLite's statistics prefer a scan otherwise)
+            unplanned = (
+                sa.select(_CLOCK.c.ticket_id)
+                .where(_CLOCK.c.next_at.is_(None))
+                .order_by(_CLOCK.c.next_at)
+            )
+            return [_TICKET.c.id.in_(unplanned)]
+        return [_TICKET.c.tenant == self.tenant, ACTIVE_SQL]
+
+
+async def count(session: AsyncSession, scope: Scope, *, at_most: int) -> int:
+    """How many tickets `scope` holds, counted up to `at_most`."""
+    some = sa.select(_TICKET.c.id).where(*scope.where()).limit(at_most)
+    connection = await session.connection()
+    found = await connection.execute(sa.select(sa.func.count()).select_from(some.subquery()))
+    return int(found.scalar_one())
+
+
+_SCRATCH = sa.Table(  # the tickets of one planning in sets, read once, dropped after it
+    "clock_scope",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("due_key", _NEXT_TYPE),  # the deadline, NEVER for none: a join key
+    sa.Column("due_at", _NEXT_TYPE),
+    sa.Column("set_at", _NEXT_TYPE),
+    sa.Column("since", _NEXT_TYPE),
+    sa.Column("kept", sa.Boolean),  # False: older than migration 0014, facts in its history
+    sa.Column("version", sa.BigInteger),  # PostgreSQL: the clock row's version when read
+    prefixes=["TEMPORARY"],
+)
+# PostgreSQL's row version (the transaction that wrote it), as a number to compare
+_ROW_VERSION: sa.ColumnElement[int] = sa.literal_column(
+    "CAST(CAST(ticket_clock.xmin AS text) AS bigint)"
+)
+
+
+async def read_scope(session: AsyncSession, scope: Scope) -> list[Group]:
+    """Copy the planning facts of the tickets in `scope` into a scratch table (one read of
+    their rows, which the UPDATE then joins) and return their distinct groups."""
+    connection = await session.connection()
+    postgres = connection.dialect.name == "postgresql"
+    await connection.run_sync(_SCRATCH.drop, checkfirst=True)
+    await connection.run_sync(_SCRATCH.create)
+    facts = sa.select(
+        _TICKET.c.id,
+        _TICKET.c.tenant,
+        _TICKET.c.status,
+        sa.func.coalesce(_TICKET.c.due_at, sa.literal(NEVER, _NEXT_TYPE)),
+        _TICKET.c.due_at,
+        _SET_AT,
+        _SINCE,
+        _TICKET.c.history_status.is_not(None),
+        _ROW_VERSION if postgres else sa.null(),
+    ).select_from(_TICKET.join(_CLOCK, _CLOCK.c.ticket_id == _TICKET.c.id))
+    await connection.execute(
+        sa.insert(_SCRATCH).from_select(list(_SCRATCH.c.keys()), facts.where(*scope.where()))
+    )
+    rows = await connection.execute(
+        sa.select(_SCRATCH.c.tenant, _SCRATCH.c.status, _SCRATCH.c.due_at).distinct()
+    )
+    return [Group(*row) for row in rows]
+
+
+_PIECE_TIMES = ("due_at", "set_after", "set_upto", "next_at", "reminder_at")
+_PIECE_SECONDS = ("nudge_at", "nudge_until", "expires_from")
+_PIECE_TEXTS = ("tenant", "status", "reminder_kind", "reminder_slot")
+
+
+async def plan_groups(session: AsyncSession, pieces: Sequence[Piece], *, now: datetime) -> int:
+    """Write the next look of every ticket `read_scope` found that a piece covers, in one
+    UPDATE, and drop the scratch table; how many were written.
+
+    Rows older than migration 0014 are unplanned instead, for the ticket-at-a-time pass.
+    Tickets no piece covers (a tenant not loaded, or whose deadlines move while it waits)
+    keep their next look. On PostgreSQL a clock row written since it was read (a desk
+    action changed the ticket's status or deadline, whose trigger unplanned it) is left as
+    it is now: the plan was made from the old facts."""
+    connection = await session.connection()
+    dialect = connection.dialect
+    postgres = dialect.name == "postgresql"
+    scoped = _SCRATCH
+    piece = _pieces_source(pieces, dialect)
+    sent = sa.exists().where(
+        _SENT.c.ticket_id == scoped.c.id,
+        _SENT.c.kind == piece.c.reminder_kind,
+        _SENT.c.anchor_at == scoped.c.due_at,
+        _SENT.c.slot == piece.c.reminder_slot,
+    )
+    never = sa.literal(NEVER, _NEXT_TYPE)
+    looks = [
+        sa.case(
+            (piece.c.reminder_kind.is_(None), piece.c.next_at),
+            (sent, piece.c.next_at),
+            else_=piece.c.reminder_at,
+        ),
+        sa.case(
+            (
+                _plus(scoped.c.since, piece.c.nudge_until, postgres) > now,
+                _plus(scoped.c.since, piece.c.nudge_at, postgres),
+            ),
+            else_=never,
+        ),
+        sa.func.coalesce(_plus(scoped.c.since, piece.c.expires_from, postgres), never),
+    ]
+    earliest = sa.func.least(*looks) if postgres else sa.func.min(*looks)
+    planned = (
+        sa.select(
+            scoped.c.id,
+            scoped.c.version,
+            sa.type_coerce(sa.case((scoped.c.kept, earliest)), _NEXT_TYPE).label("next_at"),
+        )
+        .select_from(scoped)
+        .join(
+            piece,
+            sa.and_(
+                piece.c.tenant == scoped.c.tenant,
+                piece.c.status == scoped.c.status,
+                piece.c.due_at == scoped.c.due_key,
+                sa.or_(piece.c.set_after.is_(None), scoped.c.set_at > piece.c.set_after),
+                sa.or_(piece.c.set_upto.is_(None), scoped.c.set_at <= piece.c.set_upto),
+            ),
+        )
+        .cte("planned")
+    )
+    update = (
+        sa.update(_CLOCK)
+        .values(next_at=planned.c.next_at)
+        .where(
+            _CLOCK.c.ticket_id == planned.c.id,
+            sa.or_(planned.c.next_at.is_not(None), _CLOCK.c.next_at.is_not(None)),
+        )
+    )
+    if postgres:
+        update = update.where(planned.c.version == _ROW_VERSION)
+    result = await connection.execute(update) if pieces else None
+    written = 0 if result is None else result.rowcount
+    if written < 0:  # Python's sqlite3 counts rows only for statements that begin with UPDATE
+        written = (await connection.exec_driver_sql("SELECT changes()")).scalar_one()
+    await connection.run_sync(_SCRATCH.drop)
+    return int(written)
+
+
+def _plus(moment: Any, seconds: Any, postgres: bool) -> Any:
+    """`moment` + `seconds` in SQL (NULL if either is), as the column stores times."""
+    if postgres:
+        return moment + seconds * sa.literal_column("interval '1 second'")
+    # SQLite's text form, to the millisecond (earlier by < 1 ms, never later)
+    modifier = sa.literal("+") + sa.type_coerce(seconds, sa.Text) + sa.literal(" seconds")
+    return sa.func.strftime("%Y-%m-%d %H:%M:%f", moment, modifier)  # NULL || … is NULL
+
+
+def _pieces_source(pieces: Sequence[Piece], dialect: sa.Dialect) -> Any:
+    """The pieces as a table in SQL: arrays on PostgreSQL, a JSON list on SQLite."""
+    process = _NEXT_TYPE.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for item in pieces:
+        kind, slot, at = item.reminder or (None, None, None)
+        columns["tenant"].append(item.group.tenant)
+        columns["status"].append(item.group.status)
+        columns["reminder_kind"].append(kind)
+        columns["reminder_slot"].append(slot)
+        times = (item.group.due_at or NEVER, item.set_after, item.set_upto, item.next_at, at)
+        for name, value in zip(_PIECE_TIMES, times, strict=True):
+            columns[name].append(value)
+        for name, span in zip(
+            _PIECE_SECONDS, (item.nudge_at, item.nudge_until, item.expires_from), strict=True
+        ):
+            columns[name].append(None if span is None else span.total_seconds())
+    if dialect.name == "postgresql":
+        arrays = [
+            *(sa.bindparam(n, columns[n], postgresql.ARRAY(sa.Text)) for n in _PIECE_TEXTS),
+            *(sa.bindparam(n, columns[n], postgresql.ARRAY(_NEXT_TYPE)) for n in _PIECE_TIMES),
+            *(sa.bindparam(n, columns[n], postgresql.ARRAY(sa.Float)) for n in _PIECE_SECONDS),
+        ]
+        names = [*_PIECE_TEXTS, *_PIECE_TIMES, *_PIECE_SECONDS]
+        table = sa.func.unnest(*arrays).table_valued(*names).render_derived("pieces")
+        return sa.select(
+            *(sa.type_coerce(table.c[n], _NEXT_TYPE).label(n) if n in _PIECE_TIMES
+              else table.c[n] for n in names)
+        ).subquery("piece")  # fmt: skip
+    names = [*_PIECE_TEXTS, *_PIECE_TIMES, *_PIECE_SECONDS]
+    for name in _PIECE_TIMES:
+        columns[name] = [None if v is None else process(v) for v in columns[name]]
+    rows = [list(row) for row in zip(*(columns[n] for n in names), strict=True)]
+    each = sa.func.json_each(sa.bindparam("pieces", json.dumps(rows))).table_valued("value")
+    return (
+        sa.select(
+            *(
+                sa.type_coerce(
+                    sa.func.json_extract(each.c.value, f"$[{i}]"),
+                    _NEXT_TYPE if name in _PIECE_TIMES else sa.Text,
+                ).label(name)
+                for i, name in enumerate(names)
+            )
+        )
+        .cte("piece")
+        .prefix_with("MATERIALIZED")
+    )

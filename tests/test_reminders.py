@@ -8,8 +8,10 @@ import asyncio
 import copy
 import json
 import logging
+import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -813,10 +815,11 @@ async def test_staff_reminders_of_a_batch_cost_a_few_statements_not_a_few_per_ti
         sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
     assert (report.looked_at, report.sent) == (30, 30)
     assert len(await outbox_rows(sessions)) == 30 * len(ADMINS)
-    # The tickets, their histories, the claims, the outbox rows, the next looks (and the
-    # savepoint around the bulk statements); 30 one by one took over 150.
+    # Planning in sets (finding nothing unplanned: adopting the policy planned them), the
+    # tickets, the claims, the outbox rows, the next looks (and the savepoints around
+    # both); 30 one by one took over 150.
     assert Counter(statements)["INSERT"] == 2 and Counter(statements)["UPDATE"] == 1
-    assert len(statements) <= 15, statements
+    assert len(statements) <= 19, statements
 
 
 async def test_a_ticket_that_breaks_the_bulk_statements_fails_alone(
@@ -855,19 +858,27 @@ async def test_a_ticket_that_breaks_the_bulk_statements_fails_alone(
     assert len(await outbox_rows(sessions)) == 3 * len(ADMINS)
 
 
+@pytest.mark.parametrize("summaries_kept", [True, False], ids=["in sets", "older rows"])
 async def test_what_was_claimed_or_queued_before_is_not_sent_again(
-    sessions: SessionFactory,
+    sessions: SessionFactory, summaries_kept: bool
 ) -> None:
-    """A replanned batch finds its claims (counted as already sent), and a claim whose
-    message is already in the outbox does not queue it a second time."""
+    """Tickets planned again find their claims: in sets, the reminder due now was sent, so
+    they look next at the following one; one by one (rows older than migration 0014),
+    each claim found counts as already sent. A claim whose message is already in the
+    outbox does not queue it a second time."""
     ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(3)]
-    job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW))
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW), in_sets_from=1)
     assert (await job.run()).sent == 3
     table = TicketClock.__table__  # type: ignore[attr-defined]
     async with transaction(sessions) as session:
         await session.exec(sa.update(table).values(next_at=None))
+    if not summaries_kept:
+        await forget_summaries(sessions)
     report = await job.run()
-    assert (report.looked_at, report.sent, report.already_sent) == (3, 0, 3)
+    counts = (report.planned, report.looked_at, report.sent, report.already_sent)
+    assert counts == ((3, 0, 0, 0) if summaries_kept else (0, 3, 0, 3))
+    for ticket_id in ids:
+        assert await next_look(sessions, ticket_id) == THU + timedelta(days=1)  # escalation 1
 
     async with transaction(sessions) as session:  # the claims lost, the messages kept
         await session.exec(sa.delete(ReminderSent.__table__))  # type: ignore[attr-defined]
@@ -910,9 +921,12 @@ async def test_a_clock_stopped_while_awaiting_the_requester_moves_the_deadline(
     )
 
 
+@pytest.mark.parametrize("in_sets_from", [1, 200], ids=["in sets", "one by one"])
 async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
-    sessions: SessionFactory, caplog: pytest.LogCaptureFixture
+    sessions: SessionFactory, caplog: pytest.LogCaptureFixture, in_sets_from: int
 ) -> None:
+    """A tenant whose policy changed has its open tickets planned again: in sets, or (as
+    few as here) unplanned for the pass to plan one by one; the other tenant's are left."""
     clock = Clock(OPEN_SINCE)
     open_id = await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU)
     closed_id = await file_ticket(
@@ -925,7 +939,8 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
     )
     other_id = await file_ticket(sessions, other, received=OPEN_SINCE, due_at=THU)
     assert await next_look(sessions, closed_id) == store.NEVER  # filed closed: never looked at
-    assert (await ReminderPass(sessions, Tenants([PK, other]), now=clock).run()).looked_at == 2
+    first = ReminderPass(sessions, Tenants([PK, other]), now=clock, in_sets_from=in_sets_from)
+    assert (await first.run()).looked_at == (0 if in_sets_from == 1 else 2)
     assert await next_look(sessions, open_id) == utc(2026, 3, 9, 18, 59, 59)
     other_planned = await next_look(sessions, other_id)
     assert other_planned == utc(2026, 3, 9, 18, 59, 59)
@@ -935,14 +950,20 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
     clock.at = utc(2026, 3, 5, 19, 0)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="bot.reminders"):
-        report = await ReminderPass(sessions, Tenants([earlier, other]), now=clock).run()
+        tenants = Tenants([earlier, other])
+        report = await ReminderPass(sessions, tenants, now=clock, in_sets_from=in_sets_from).run()
     assert (report.looked_at, report.sent) == (1, 1)  # the other tenant's ticket is left alone
     assert await next_look(sessions, other_id) == other_planned
     assert "other-desk has a new reminder policy" not in caplog.text
     async with sessions() as session:
         (sent,) = await store.sent_for(session, open_id)
     assert (sent.slot, sent.late) == ("5 business days", False)
-    assert "test-desk has a new reminder policy; 1 open tickets to plan again" in caplog.text
+    counts = (
+        "1 open tickets planned again, 0"
+        if in_sets_from == 1
+        else "0 open tickets planned again, 1"
+    )
+    assert f"test-desk has a new reminder policy; {counts} left to the pass" in caplog.text
     assert await next_look(sessions, closed_id) == store.NEVER
 
     # Another process with the same policy finds it adopted and nothing to plan again.
@@ -1111,3 +1132,147 @@ async def test_upgrading_to_the_clock_table_keeps_every_plan(
         await engine.dispose()
         if kind == "postgres":
             await conftest._pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- planning in sets ------------------------------------------------------------------
+
+
+@pytest.fixture
+def twin_url(
+    database_url: str, tmp_path: Path, sqlite_template: Path, pg_template: str | None
+) -> Iterator[str]:
+    """A second fresh database of the same kind as `database_url`."""
+    if database_url.startswith("sqlite"):
+        path = tmp_path / "twin.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    yield from conftest._fresh_postgres(pg_template)
+
+
+TIMELINE_STEP = timedelta(hours=5, minutes=17)  # lands at every hour and minute in turn
+
+
+async def desk_timeline(
+    url: str, in_sets_from: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[list[datetime | None]]]:
+    """Fifteen tickets taking every way through the clock, passes every 5 h 17 min for
+    three weeks, a desk that changes two of them on the way: what was claimed (ticket by
+    order of filing), what was queued, and every ticket's next look after each pass."""
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    clock = Clock(OPEN_SINCE)
+    ids = [
+        await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU),
+        # its deadline set two days before it ends: the 3-business-day reminder never applies
+        await file_ticket(sessions, PK, received=THU - timedelta(days=2), due_at=THU),
+        await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=FRI, address="5550001"),
+        await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU + timedelta(days=30)),
+        # waiting since 2 hours before the first pass: the fifth falls in its nudge's hour
+        await file_ticket(
+            sessions,
+            PK,
+            received=OPEN_SINCE - timedelta(hours=2),
+            due_at=THU,
+            status=TicketStatus.AWAITING_REQUESTER,
+            address="5550002",
+        ),
+        await file_ticket(  # the eleventh pass falls in its nudge's hour
+            sessions,
+            PK,
+            received=OPEN_SINCE + timedelta(hours=29, minutes=30),
+            due_at=None,
+            status=TicketStatus.AWAITING_VERIFICATION,
+            address="5550003",
+        ),
+        await file_ticket(
+            sessions,
+            SHORT_EXPIRY,  # the same slug with a 12-hour expiry: only the pass's policy counts
+            received=OPEN_SINCE + timedelta(days=3, hours=7),
+            due_at=None,
+            status=TicketStatus.AWAITING_VERIFICATION,
+        ),
+        await file_ticket(  # its nudge's hour is over: the first pass plans its expiry
+            sessions,
+            PK,
+            received=OPEN_SINCE - timedelta(hours=30),
+            due_at=None,
+            status=TicketStatus.AWAITING_VERIFICATION,
+        ),
+        await file_ticket(
+            sessions, PK, received=OPEN_SINCE - timedelta(days=12), due_at=OPEN_SINCE
+        ),  # overdue from the start
+        await file_ticket(
+            sessions, PK, received=OPEN_SINCE, due_at=THU, status=TicketStatus.RESOLVED
+        ),
+        await file_ticket(
+            sessions, SECONDS, received=OPEN_SINCE, due_at=OPEN_SINCE + timedelta(seconds=100)
+        ),
+        await file_ticket(
+            sessions,
+            PK,
+            received=OPEN_SINCE + timedelta(days=5),
+            due_at=OPEN_SINCE + timedelta(days=5, hours=3),  # within 4 hours when set
+        ),
+        *[
+            await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=at)
+            for at in (FRI + timedelta(hours=1), PK_AFTER_EID, PK_AFTER_EID)
+        ],
+    ]
+    job = ReminderPass(sessions, Tenants([PK]), now=clock, in_sets_from=in_sets_from)
+    looks: list[list[datetime | None]] = []
+    changed = False
+    while clock.at < OPEN_SINCE + timedelta(days=21):
+        if not changed and clock.at >= utc(2026, 3, 8):  # the desk at work
+            changed = True
+            async with transaction(sessions) as session:
+                waiting = await session.get(Ticket, ids[3])
+                extended = await session.get(Ticket, ids[0])
+                assert waiting is not None and extended is not None
+                waiting.status = TicketStatus.AWAITING_REQUESTER
+                await tickets.add_event(
+                    session, waiting, actor="staff:21", kind="status", at=clock.at,
+                    data={"status": "awaiting_requester"},
+                )  # fmt: skip
+                extended.due_at = THU + timedelta(days=7)
+                await tickets.add_event(
+                    session, extended, actor="staff:21", kind="extended", at=clock.at,
+                    data={"due_at": extended.due_at.isoformat()},
+                )  # fmt: skip
+        await job.run()
+        looks.append([await next_look(sessions, i) for i in ids])
+        clock.at += TIMELINE_STEP
+    order = {ticket_id: n for n, ticket_id in enumerate(ids)}
+    async with sessions() as session:
+        sent = sorted(
+            (order[r.ticket_id], r.kind, r.anchor_at, r.slot, r.due_at, r.sent_at, r.late)
+            for r in await session.exec(select(ReminderSent))
+        )
+    queued = sorted(
+        (order[r.ticket_id or 0], r.recipient, r.payload["text"])
+        for r in await outbox_rows(sessions)
+    )
+    await engine.dispose()
+    return sent, queued, looks
+
+
+async def test_planning_in_sets_sends_what_planning_one_by_one_would(
+    database_url: str, twin_url: str
+) -> None:
+    """The same desk, the same three weeks: planned in sets whenever there is anything to
+    plan, or ticket by ticket. The same reminders, escalations, nudges and expiries go out
+    at the same passes with the same words; a ticket planned in sets is never looked at
+    later than one by one would (earlier only while it waits: its expiry's lower bound)."""
+    in_sets = await desk_timeline(database_url, in_sets_from=1)
+    one_by_one = await desk_timeline(twin_url, in_sets_from=10**9)
+    assert in_sets[0] == one_by_one[0]
+    assert in_sets[1] == one_by_one[1]
+    kinds = {row[1] for row in in_sets[0]}
+    assert kinds == {"before", "overdue", "requester_nudge", "verify_nudge", "expire"}
+    earlier = 0
+    for step, (set_looks, exact_looks) in enumerate(zip(in_sets[2], one_by_one[2], strict=True)):
+        for ticket, (set_look, exact) in enumerate(zip(set_looks, exact_looks, strict=True)):
+            assert set_look is not None and exact is not None, (step, ticket)
+            assert set_look <= exact, (step, ticket)
+            earlier += set_look < exact
+    assert 0 < earlier < len(in_sets[2])  # the waiting tickets' lower bounds, briefly
