@@ -578,43 +578,48 @@ class ReminderPass:
         found: list[store.Piece] = []
         try:
             async with session.begin_nested():
-                for group in await store.read_scope(session, scope):
+                for group in await store.groups(session, scope):
                     if group.tenant not in self.tenants:
                         continue
                     tenant = self.tenants.by_slug(group.tenant)
                     if not tenant.pause_while_awaiting_requester:
                         found.extend(plan_group(group, tenant, now, self.late_after))
-                return await store.plan_groups(session, found, now=now)
+                return await store.plan_groups(session, scope, found, now=now)
         except Exception:  # the ticket-at-a-time pass plans them all the same, only slower
             log.exception("clock: planning in sets failed (%d pieces)", len(found))
             return None
 
     async def adopt_policies(self, now: datetime) -> int:
-        """Once per process, before its first pass: the open tickets of a tenant whose
-        reminder policy is not the one they were planned under are planned again (how
-        many were, in sets)."""
-        total = 0
+        """Once per process, before its first pass: the open tickets of the tenants whose
+        reminder policies are not the ones they were planned under are planned again, in
+        sets (how many), or left to the pass to plan one by one."""
         async with transaction(self.sessions) as session:
-            for tenant in self.tenants:
-                fingerprint = policy_fingerprint(tenant)
-                if not await store.adopt_policy(
-                    session, tenant=tenant.slug, fingerprint=fingerprint, now=now
-                ):
+            changed = [
+                tenant
+                for tenant in self.tenants
+                if await store.adopt_policy(
+                    session, tenant=tenant.slug, fingerprint=policy_fingerprint(tenant), now=now
+                )
+            ]
+            # a tenant whose deadlines move while tickets wait is planned one by one
+            in_sets = tuple(t.slug for t in changed if not t.pause_while_awaiting_requester)
+            planned = None
+            if in_sets:
+                planned = await self.plan_in_sets(session, store.Scope(in_sets), now)
+            for tenant in changed:
+                if planned is not None and tenant.slug in in_sets:
+                    log.info("clock: %s has a new reminder policy", tenant.slug)
                     continue
-                planned = None  # a tenant whose deadlines move while tickets wait: one by one
-                if not tenant.pause_while_awaiting_requester:
-                    planned = await self.plan_in_sets(session, store.Scope(tenant.slug), now)
-                unplanned = 0 if planned is not None else await store.unplan(session, tenant.slug)
+                unplanned = await store.unplan(session, tenant.slug)
                 log.info(
-                    "clock: %s has a new reminder policy; %d open tickets planned again, "
-                    "%d left to the pass",
+                    "clock: %s has a new reminder policy; %d open tickets to plan again",
                     tenant.slug,
-                    planned or 0,
                     unplanned,
                 )
-                total += planned or 0
+        if planned is not None:
+            log.info("clock: %d open tickets planned again in sets", planned)
         self._policies_adopted = True
-        return total
+        return planned or 0
 
     async def _batch(
         self, session: AsyncSession, tickets: list[store.ToPlan], now: datetime, report: PassReport

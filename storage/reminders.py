@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.admin_queries import ACTIVE_SQL
+from storage.admin_queries import ACTIVE_SQL, ACTIVE_STATUSES
 from storage.crypto import blind_index
 from storage.enums import OutboxStatus
 from storage.history import Summary
@@ -520,155 +520,216 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The tickets one planning in sets covers: the unplanned ones, or (`tenant`) every
-    open ticket of a tenant whose policy changed."""
+    """The tickets one planning in sets covers: the unplanned ones, or every open ticket
+    of the `tenants` whose policies changed."""
 
-    tenant: str | None = None
+    tenants: tuple[str, ...] | None = None
 
-    def where(self) -> list[sa.ColumnElement[bool]]:
-        if self.tenant is None:
+    def ids(self) -> sa.Select[tuple[int]]:
+        """Their ids, found on an index."""
+        if self.tenants is None:
             # by the index even among NULLs (SQLite's statistics prefer a scan otherwise)
             unplanned = (
                 sa.select(_CLOCK.c.ticket_id)
                 .where(_CLOCK.c.next_at.is_(None))
                 .order_by(_CLOCK.c.next_at)
             )
-            return [_TICKET.c.id.in_(unplanned)]
-        return [_TICKET.c.tenant == self.tenant, ACTIVE_SQL]
+            return unplanned.correlate(None)  # a list of its own, whatever encloses it
+        tenants = sa.select(_TICKET.c.id).where(_TICKET.c.tenant.in_(self.tenants), ACTIVE_SQL)
+        return tenants.correlate(None)
+
+    def where(self, clock: sa.FromClause, postgres: bool) -> list[sa.ColumnElement[bool]]:
+        """The scope as conditions on `ticket` joined to its `clock` row. SQLite is given
+        the list of ids (it then reads each ticket by its id); PostgreSQL the conditions
+        themselves (given a list, it compared it with every ticket)."""
+        if self.tenants is None:  # rows older than 0014 stay unplanned: left out
+            kept = _TICKET.c.history_status.is_not(None)
+            return [kept, clock.c.next_at.is_(None) if postgres else _TICKET.c.id.in_(self.ids())]
+        if not postgres:
+            return [_TICKET.c.id.in_(self.ids())]
+        return [_TICKET.c.tenant.in_(self.tenants), ACTIVE_SQL]
 
 
 async def count(session: AsyncSession, scope: Scope, *, at_most: int) -> int:
     """How many tickets `scope` holds, counted up to `at_most`."""
-    some = sa.select(_TICKET.c.id).where(*scope.where()).limit(at_most)
     connection = await session.connection()
-    found = await connection.execute(sa.select(sa.func.count()).select_from(some.subquery()))
-    return int(found.scalar_one())
+    some = scope.ids().limit(at_most).subquery()
+    return int(
+        (await connection.execute(sa.select(sa.func.count()).select_from(some))).scalar_one()
+    )
 
 
-_SCRATCH = sa.Table(  # the tickets of one planning in sets, read once, dropped after it
-    "clock_scope",
+async def groups(session: AsyncSession, scope: Scope) -> list[Group]:
+    """The (tenant, status, deadline) groups of the tickets in `scope`. Tenants' open
+    tickets are grouped from the index of open tickets by tenant and deadline alone (no
+    ticket row read), each deadline with every open status: a group no ticket is in costs
+    a few unused pieces."""
+    connection = await session.connection()
+    if scope.tenants is None:
+        query = sa.select(_TICKET.c.tenant, _TICKET.c.status, _TICKET.c.due_at).where(
+            _TICKET.c.id.in_(scope.ids())
+        )
+        return [Group(*row) for row in await connection.execute(query.distinct())]
+    query = sa.select(_TICKET.c.tenant, _TICKET.c.due_at).where(
+        _TICKET.c.tenant.in_(scope.tenants), ACTIVE_SQL
+    )
+    found = await connection.execute(query.distinct())
+    return [Group(tenant, str(s), due) for tenant, due in found for s in ACTIVE_STATUSES]
+
+
+_PIECE = sa.Table(  # `Piece`s, joined to each ticket by (tenant, status, deadline)
+    "clock_piece",
     sa.MetaData(),
-    sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("tenant", sa.Text),
     sa.Column("status", sa.Text),
-    sa.Column("due_key", _NEXT_TYPE),  # the deadline, NEVER for none: a join key
-    sa.Column("due_at", _NEXT_TYPE),
-    sa.Column("set_at", _NEXT_TYPE),
-    sa.Column("since", _NEXT_TYPE),
-    sa.Column("kept", sa.Boolean),  # False: older than migration 0014, facts in its history
-    sa.Column("version", sa.BigInteger),  # PostgreSQL: the clock row's version when read
+    sa.Column("due_at", _NEXT_TYPE),  # NEVER for none: a join key
+    sa.Column("set_after", _NEXT_TYPE),
+    sa.Column("set_upto", _NEXT_TYPE),
+    sa.Column("next_at", _NEXT_TYPE),
+    sa.Column("reminder_kind", sa.Text),
+    sa.Column("reminder_slot", sa.Text),
+    sa.Column("reminder_at", _NEXT_TYPE),
+    sa.Column("nudge_at", sa.Float),  # seconds
+    sa.Column("nudge_until", sa.Float),
+    sa.Column("expires_from", sa.Float),
+    sa.Index("clock_piece_key", "tenant", "status", "due_at"),
     prefixes=["TEMPORARY"],
 )
 # PostgreSQL's row version (the transaction that wrote it), as a number to compare
-_ROW_VERSION: sa.ColumnElement[int] = sa.literal_column(
-    "CAST(CAST(ticket_clock.xmin AS text) AS bigint)"
-)
+_VERSION = "CAST(CAST({}.xmin AS text) AS bigint)"
 
 
-async def read_scope(session: AsyncSession, scope: Scope) -> list[Group]:
-    """Copy the planning facts of the tickets in `scope` into a scratch table (one read of
-    their rows, which the UPDATE then joins) and return their distinct groups."""
-    connection = await session.connection()
-    postgres = connection.dialect.name == "postgresql"
-    await connection.run_sync(_SCRATCH.drop, checkfirst=True)
-    await connection.run_sync(_SCRATCH.create)
-    facts = sa.select(
-        _TICKET.c.id,
-        _TICKET.c.tenant,
-        _TICKET.c.status,
-        sa.func.coalesce(_TICKET.c.due_at, sa.literal(NEVER, _NEXT_TYPE)),
-        _TICKET.c.due_at,
-        _SET_AT,
-        _SINCE,
-        _TICKET.c.history_status.is_not(None),
-        _ROW_VERSION if postgres else sa.null(),
-    ).select_from(_TICKET.join(_CLOCK, _CLOCK.c.ticket_id == _TICKET.c.id))
-    await connection.execute(
-        sa.insert(_SCRATCH).from_select(list(_SCRATCH.c.keys()), facts.where(*scope.where()))
-    )
-    rows = await connection.execute(
-        sa.select(_SCRATCH.c.tenant, _SCRATCH.c.status, _SCRATCH.c.due_at).distinct()
-    )
-    return [Group(*row) for row in rows]
-
-
-_PIECE_TIMES = ("due_at", "set_after", "set_upto", "next_at", "reminder_at")
-_PIECE_SECONDS = ("nudge_at", "nudge_until", "expires_from")
-_PIECE_TEXTS = ("tenant", "status", "reminder_kind", "reminder_slot")
-
-
-async def plan_groups(session: AsyncSession, pieces: Sequence[Piece], *, now: datetime) -> int:
-    """Write the next look of every ticket `read_scope` found that a piece covers, in one
-    UPDATE, and drop the scratch table; how many were written.
+async def plan_groups(
+    session: AsyncSession, scope: Scope, pieces: Sequence[Piece], *, now: datetime
+) -> int:
+    """Give every ticket in `scope` that a piece covers its next look, in one UPDATE (the
+    pieces in a scratch table); how many were written.
 
     Rows older than migration 0014 are unplanned instead, for the ticket-at-a-time pass.
-    Tickets no piece covers (a tenant not loaded, or whose deadlines move while it waits)
-    keep their next look. On PostgreSQL a clock row written since it was read (a desk
-    action changed the ticket's status or deadline, whose trigger unplanned it) is left as
-    it is now: the plan was made from the old facts."""
+    Tickets no piece covers (a tenant not loaded, or whose deadlines move while tickets
+    wait) keep their next look. On PostgreSQL a clock row written since the statement
+    began (a desk action changed the ticket's status or deadline, and its trigger
+    unplanned it) is left as it is now: the plan was made from the old facts."""
+    if not pieces:
+        return 0
     connection = await session.connection()
-    dialect = connection.dialect
-    postgres = dialect.name == "postgresql"
-    scoped = _SCRATCH
-    piece = _pieces_source(pieces, dialect)
-    sent = sa.exists().where(
-        _SENT.c.ticket_id == scoped.c.id,
-        _SENT.c.kind == piece.c.reminder_kind,
-        _SENT.c.anchor_at == scoped.c.due_at,
-        _SENT.c.slot == piece.c.reminder_slot,
-    )
+    postgres = connection.dialect.name == "postgresql"
+    await connection.run_sync(_PIECE.drop, checkfirst=True)
+    await connection.run_sync(_PIECE.create)
+    await connection.execute(sa.insert(_PIECE), [_piece_row(item) for item in pieces])
+    if postgres:  # no autovacuum for a temporary table: without statistics the planner
+        await connection.exec_driver_sql("ANALYZE clock_piece")  # looped over the pieces
+    result = await connection.execute(_planning(scope, now, postgres))
+    written = result.rowcount
+    if written < 0:  # Python's sqlite3 counts rows only for statements that begin with UPDATE
+        written = (await connection.exec_driver_sql("SELECT changes()")).scalar_one()
+    await connection.run_sync(_PIECE.drop)
+    return int(written)
+
+
+def _piece_row(item: Piece) -> dict[str, Any]:
+    kind, slot, at = item.reminder or (None, None, None)
+    spans = {
+        "nudge_at": item.nudge_at,
+        "nudge_until": item.nudge_until,
+        "expires_from": item.expires_from,
+    }
+    return {
+        "tenant": item.group.tenant,
+        "status": item.group.status,
+        "due_at": item.group.due_at or NEVER,
+        "set_after": item.set_after,
+        "set_upto": item.set_upto,
+        "next_at": item.next_at,
+        "reminder_kind": kind,
+        "reminder_slot": slot,
+        "reminder_at": at,
+        **{k: None if v is None else v.total_seconds() for k, v in spans.items()},
+    }
+
+
+def _planning(scope: Scope, now: datetime, postgres: bool) -> sa.Update:
+    """The UPDATE: each ticket's next look, the earliest of its piece's deadline look (the
+    time of its reminder due now while that is not sent), its nudge and its expiry."""
     never = sa.literal(NEVER, _NEXT_TYPE)
+    read = _CLOCK.alias("read")
+    source: sa.FromClause = _TICKET
+    version: sa.ColumnElement[Any] = sa.null()
+    if postgres:  # the clock row's version as this statement read it
+        source = _TICKET.join(read, read.c.ticket_id == _TICKET.c.id)
+        version = sa.literal_column(_VERSION.format("read"))
+    facts_query = (
+        sa.select(
+            _TICKET.c.id,
+            version.label("version"),
+            _TICKET.c.tenant,
+            _TICKET.c.status,
+            _TICKET.c.due_at,
+            sa.func.coalesce(_TICKET.c.due_at, never).label("due_key"),
+            _SET_AT.label("set_at"),
+            _SINCE.label("since"),
+            _TICKET.c.history_status.is_not(None).label("kept"),  # else: facts in its history
+        )
+        .select_from(source)
+        .where(*scope.where(read, postgres))
+    )
+    # PostgreSQL: read first, then hash-joined to the pieces (joined as they are, its
+    # planner looped over the pieces or merge-joined them, 3-4 s for 25,000 tickets);
+    # SQLite reads each ticket by id and finds its piece on the scratch table's index
+    facts = (
+        facts_query.cte("facts").prefix_with("MATERIALIZED")
+        if postgres
+        else facts_query.subquery("facts")
+    ).c
+    piece = _PIECE.c
+    sent = sa.exists().where(
+        _SENT.c.ticket_id == facts.id,
+        _SENT.c.kind == piece.reminder_kind,
+        _SENT.c.anchor_at == facts.due_at,
+        _SENT.c.slot == piece.reminder_slot,
+    )
     looks = [
         sa.case(
-            (piece.c.reminder_kind.is_(None), piece.c.next_at),
-            (sent, piece.c.next_at),
-            else_=piece.c.reminder_at,
+            (piece.reminder_kind.is_(None), piece.next_at),
+            (sent, piece.next_at),
+            else_=piece.reminder_at,
         ),
         sa.case(
             (
-                _plus(scoped.c.since, piece.c.nudge_until, postgres) > now,
-                _plus(scoped.c.since, piece.c.nudge_at, postgres),
+                _plus(facts.since, piece.nudge_until, postgres) > now,
+                _plus(facts.since, piece.nudge_at, postgres),
             ),
             else_=never,
         ),
-        sa.func.coalesce(_plus(scoped.c.since, piece.c.expires_from, postgres), never),
+        sa.func.coalesce(_plus(facts.since, piece.expires_from, postgres), never),
     ]
     earliest = sa.func.least(*looks) if postgres else sa.func.min(*looks)
     planned = (
         sa.select(
-            scoped.c.id,
-            scoped.c.version,
-            sa.type_coerce(sa.case((scoped.c.kept, earliest)), _NEXT_TYPE).label("next_at"),
+            facts.id,
+            facts.version,
+            sa.type_coerce(sa.case((facts.kept, earliest)), _NEXT_TYPE).label("next_at"),
         )
-        .select_from(scoped)
-        .join(
-            piece,
+        .join_from(
+            facts.id.table,
+            _PIECE,
             sa.and_(
-                piece.c.tenant == scoped.c.tenant,
-                piece.c.status == scoped.c.status,
-                piece.c.due_at == scoped.c.due_key,
-                sa.or_(piece.c.set_after.is_(None), scoped.c.set_at > piece.c.set_after),
-                sa.or_(piece.c.set_upto.is_(None), scoped.c.set_at <= piece.c.set_upto),
+                piece.tenant == facts.tenant,
+                piece.status == facts.status,
+                piece.due_at == facts.due_key,
+                sa.or_(piece.set_after.is_(None), piece.set_after < facts.set_at),
+                sa.or_(piece.set_upto.is_(None), piece.set_upto >= facts.set_at),
             ),
         )
-        .cte("planned")
+        .subquery("planned")
     )
-    update = (
-        sa.update(_CLOCK)
-        .values(next_at=planned.c.next_at)
-        .where(
-            _CLOCK.c.ticket_id == planned.c.id,
-            sa.or_(planned.c.next_at.is_not(None), _CLOCK.c.next_at.is_not(None)),
+    update = sa.update(_CLOCK).values(next_at=planned.c.next_at)
+    update = update.where(_CLOCK.c.ticket_id == planned.c.id)
+    if postgres:  # written since read: by a change whose plan this is not
+        update = update.where(
+            planned.c.version == sa.literal_column(_VERSION.format("ticket_clock"))
         )
-    )
-    if postgres:
-        update = update.where(planned.c.version == _ROW_VERSION)
-    result = await connection.execute(update) if pieces else None
-    written = 0 if result is None else result.rowcount
-    if written < 0:  # Python's sqlite3 counts rows only for statements that begin with UPDATE
-        written = (await connection.exec_driver_sql("SELECT changes()")).scalar_one()
-    await connection.run_sync(_SCRATCH.drop)
-    return int(written)
+    return update
 
 
 def _plus(moment: Any, seconds: Any, postgres: bool) -> Any:
@@ -678,52 +739,3 @@ def _plus(moment: Any, seconds: Any, postgres: bool) -> Any:
     # SQLite's text form, to the millisecond (earlier by < 1 ms, never later)
     modifier = sa.literal("+") + sa.type_coerce(seconds, sa.Text) + sa.literal(" seconds")
     return sa.func.strftime("%Y-%m-%d %H:%M:%f", moment, modifier)  # NULL || … is NULL
-
-
-def _pieces_source(pieces: Sequence[Piece], dialect: sa.Dialect) -> Any:
-    """The pieces as a table in SQL: arrays on PostgreSQL, a JSON list on SQLite."""
-    process = _NEXT_TYPE.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
-    columns: dict[str, list[Any]] = defaultdict(list)
-    for item in pieces:
-        kind, slot, at = item.reminder or (None, None, None)
-        columns["tenant"].append(item.group.tenant)
-        columns["status"].append(item.group.status)
-        columns["reminder_kind"].append(kind)
-        columns["reminder_slot"].append(slot)
-        times = (item.group.due_at or NEVER, item.set_after, item.set_upto, item.next_at, at)
-        for name, value in zip(_PIECE_TIMES, times, strict=True):
-            columns[name].append(value)
-        for name, span in zip(
-            _PIECE_SECONDS, (item.nudge_at, item.nudge_until, item.expires_from), strict=True
-        ):
-            columns[name].append(None if span is None else span.total_seconds())
-    if dialect.name == "postgresql":
-        arrays = [
-            *(sa.bindparam(n, columns[n], postgresql.ARRAY(sa.Text)) for n in _PIECE_TEXTS),
-            *(sa.bindparam(n, columns[n], postgresql.ARRAY(_NEXT_TYPE)) for n in _PIECE_TIMES),
-            *(sa.bindparam(n, columns[n], postgresql.ARRAY(sa.Float)) for n in _PIECE_SECONDS),
-        ]
-        names = [*_PIECE_TEXTS, *_PIECE_TIMES, *_PIECE_SECONDS]
-        table = sa.func.unnest(*arrays).table_valued(*names).render_derived("pieces")
-        return sa.select(
-            *(sa.type_coerce(table.c[n], _NEXT_TYPE).label(n) if n in _PIECE_TIMES
-              else table.c[n] for n in names)
-        ).subquery("piece")  # fmt: skip
-    names = [*_PIECE_TEXTS, *_PIECE_TIMES, *_PIECE_SECONDS]
-    for name in _PIECE_TIMES:
-        columns[name] = [None if v is None else process(v) for v in columns[name]]
-    rows = [list(row) for row in zip(*(columns[n] for n in names), strict=True)]
-    each = sa.func.json_each(sa.bindparam("pieces", json.dumps(rows))).table_valued("value")
-    return (
-        sa.select(
-            *(
-                sa.type_coerce(
-                    sa.func.json_extract(each.c.value, f"$[{i}]"),
-                    _NEXT_TYPE if name in _PIECE_TIMES else sa.Text,
-                ).label(name)
-                for i, name in enumerate(names)
-            )
-        )
-        .cte("piece")
-        .prefix_with("MATERIALIZED")
-    )
