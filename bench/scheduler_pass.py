@@ -19,8 +19,8 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 import bot.reminders
 from bot.reminders import ReminderPass
