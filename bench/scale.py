@@ -754,13 +754,13 @@ def render(results: list[dict[str, Any]]) -> str:
                          sp["cold_seconds"] if sp["cold_finished"] else
                          f"> {sp['cold_seconds']} (est. {sp['cold_estimate_for_all_s']})",
                          f"{sp['cold_tickets_per_s']}/s", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
-            if "warm_seconds" in sp:
-                rows.append((db, "scheduler pass, warm, nothing due (s)", sp["warm_seconds"],
-                             "", ""))  # fmt: skip
             if sp.get("cold_in_sets_seconds") is not None:
                 rows.append((db, f"  of which planning {sp['cold_planned_in_sets']:,} in sets, "
                              f"then {sp['cold_looked_at_one_by_one']:,} one by one (s)",
                              sp["cold_in_sets_seconds"], "", ""))  # fmt: skip
+            if "warm_seconds" in sp:
+                rows.append((db, "scheduler pass, warm, nothing due (s)", sp["warm_seconds"],
+                             "", ""))  # fmt: skip
             if "new_policy_seconds" in sp:
                 rows.append((db, f"scheduler pass, new reminder policy: "
                              f"{sp['new_policy_planned_in_sets'] or 0:,} planned again in sets, "
