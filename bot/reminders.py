@@ -515,6 +515,8 @@ class _ToStaff:
 class ReminderPass:
     """One look at every ticket whose time has come: claim, send, plan the next look.
 
+    Many unplanned tickets are first planned in sets (`plan_in_sets`): those with a
+    reminder due now come out of it due now, and are then looked at like the others.
     Tickets are taken in batches, each batch in one transaction with its rows locked
     (SKIP LOCKED on PostgreSQL). The database works out each ticket's planning facts from
     its row (`store.ToPlan`, no history read) and the whole batch is planned in Python

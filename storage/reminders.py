@@ -4,8 +4,10 @@ Each ticket has a `ticket_clock` row whose `next_at` is the moment the clock sho
 it again (an index makes "what is due now" one range scan however many tickets are open).
 NULL means "plan me": a ticket is born with it, and a change of its `status` or `due_at`
 sets it back to NULL (triggers, migration 0015, whatever the UPDATE), so a new deadline is
-planned at the next pass whoever changed it. A changed reminder policy unplans its
-tenant's open tickets (`adopt_policy`).
+planned at the next pass whoever changed it. Many tickets are planned in sets (`groups`,
+`plan_groups`: one UPDATE from the pieces of a plan that groups of them share); a changed
+reminder policy plans its tenant's open tickets again that way (`adopt_policy`), or
+unplans them for the pass (`unplan`).
 """
 
 from __future__ import annotations

@@ -18,13 +18,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
 from bot import window
-from bot.clock import parse_duration
+from bot.clock import add_duration, parse_duration
 from bot.i18n import translate
 from bot.reminders import (
+    LATE_AFTER,
     RETRY_AFTER,
     Due,
     Facts,
@@ -32,10 +35,13 @@ from bot.reminders import (
     ReminderPass,
     before,
     calendar_of,
+    deadline_plan,
     describe,
     latest_occurrence,
     occurrence,
     plan,
+    plan_group,
+    shortest,
 )
 from bot.tenants import Tenant, Tenants
 from storage import reminders as store
@@ -1325,3 +1331,57 @@ async def test_a_plan_in_sets_never_overwrites_a_change_made_while_it_ran(
         await desk.close()
     finally:
         await engine.dispose()
+
+
+MINUTES = st.integers(min_value=-60 * 24 * 40, max_value=60 * 24 * 40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from(
+        [TicketStatus.OPEN, TicketStatus.IN_PROGRESS, TicketStatus.AWAITING_REQUESTER]
+    ),
+    tenant=st.sampled_from([PK, SA, SECONDS]),
+    set_minutes=MINUTES,
+    now_minutes=MINUTES,
+)
+def test_a_groups_pieces_plan_each_of_its_tickets_as_it_alone(
+    status: TicketStatus, tenant: Tenant, set_minutes: int, now_minutes: int
+) -> None:
+    """Whenever its deadline was set, a ticket of a group falls in exactly one piece, and
+    that piece says what planning the ticket alone says of its deadline: the reminder or
+    escalation due now, and the next look."""
+    set_at = THU + timedelta(minutes=set_minutes)
+    now = THU + timedelta(minutes=now_minutes)
+    pieces = plan_group(store.Group(tenant.slug, status, THU), tenant, now, LATE_AFTER)
+    (piece,) = [
+        p
+        for p in pieces
+        if (p.set_after is None or set_at > p.set_after)
+        and (p.set_upto is None or set_at <= p.set_upto)
+    ]
+    alone = deadline_plan(Facts(status, THU, set_at, status_since=now), tenant, now)
+    assert piece.next_at == (alone.next_at or store.NEVER)
+    assert piece.reminder == next(((str(d.kind), d.slot, d.at) for d in alone.due), None)
+    waits = status is TicketStatus.AWAITING_REQUESTER
+    assert (piece.nudge_at, piece.expires_from) == ((timedelta(hours=23) if waits else None), None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.datetimes(
+        min_value=datetime(2025, 1, 1), max_value=datetime(2028, 12, 31), timezones=st.just(UTC)
+    ),
+    wait=st.sampled_from(["12 hours", "3 days", "5 business days", "1 month", "2 months"]),
+    country=st.sampled_from(
+        [("PK", "Asia/Karachi"), ("SA", "Asia/Riyadh"), ("GB", "Europe/London")]
+    ),
+)
+def test_no_expiry_comes_sooner_than_its_shortest_span(
+    start: datetime, wait: str, country: tuple[str, str]
+) -> None:
+    """Planning in sets looks at a waiting ticket no later than this: it must never be
+    after the expiry itself, whatever the start, calendar or daylight saving."""
+    duration = parse_duration(wait)
+    expires = add_duration(start, duration, calendar_of(*country))
+    assert start + shortest(duration) <= expires
