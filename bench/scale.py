@@ -666,11 +666,29 @@ async def _unplanned(kind: str, raw: str) -> int:
         await pg.close()
 
 
+async def _pending(kind: str, raw: str, before: datetime) -> int:
+    """Tickets the clock has yet to plan, or to look at for something due before `before`."""
+    sql = "SELECT count(*) FROM ticket_clock WHERE next_at IS NULL OR next_at <= {}"
+    if kind == "sqlite":
+        conn = sqlite3.connect(raw)
+        try:
+            return int(conn.execute(sql.format("?"), (_sqlite_ts(before),)).fetchone()[0])
+        finally:
+            conn.close()
+    pg = await asyncpg.connect(raw)
+    try:
+        return int(await pg.fetchval(sql.format("$1"), before))
+    finally:
+        await pg.close()
+
+
 async def _wait_first_pass(kind: str, raw: str, seconds: float) -> bool:
-    """Until serve's clock has planned every ticket (none left with a NULL next look)."""
+    """Until serve's clock has finished its first pass: every ticket planned (in sets,
+    most of them), and every one that had something due when it started looked at."""
+    began = datetime.now(UTC)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if await _unplanned(kind, raw) == 0:
+        if await _pending(kind, raw, began) == 0:
             return True
         await asyncio.sleep(0.25)
     return False
