@@ -25,8 +25,8 @@ from typing import Any
 import bot.reminders
 from bot.reminders import ReminderPass
 from bot.settings import Settings
-from bot.tenants import load_tenants
-from storage import crypto, reminders
+from bot.tenants import Tenant, Tenants, load_tenants
+from storage import crypto
 from storage.db import SessionFactory, create_engine, session_factory, transaction
 from storage.models import utcnow
 
@@ -71,15 +71,17 @@ def batch_figures() -> dict[str, object]:
 
 
 async def new_policies(job: ReminderPass) -> ReminderPass:
-    """What a process that loads changed tenant files finds: each tenant's open tickets
-    planned under another policy (`storage.reminders.adopt_policy`); its first pass adopts
-    its own (`ReminderPass.adopt_policies`) and plans them again."""
-    async with transaction(job.sessions) as session:
-        for tenant in job.tenants:
-            await reminders.adopt_policy(
-                session, tenant=tenant.slug, fingerprint=f"bench {time.time()}", now=utcnow()
-            )
-    fresh = ReminderPass(job.sessions, job.tenants, now=job.now, batch=job.batch)
+    """A process that loads changed tenant files: each tenant's staff are now also reminded
+    6 hours before a deadline. Its first pass adopts the new policies
+    (`ReminderPass.adopt_policies`): every open ticket is planned again, and the next
+    looks that change (the 4-hour reminder or the deadline itself, with more than 6 hours
+    to go) are written."""
+    changed = []
+    for tenant in job.tenants:
+        data = tenant.model_dump(mode="json")
+        data["reminders"]["before"] = [*data["reminders"]["before"], "6 hours"]
+        changed.append(Tenant.model_validate(data))
+    fresh = ReminderPass(job.sessions, Tenants(changed), now=job.now, batch=job.batch)
     timed_in_sets(fresh)
     return fresh
 

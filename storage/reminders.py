@@ -605,7 +605,8 @@ async def plan_groups(
     session: AsyncSession, scope: Scope, pieces: Sequence[Piece], *, now: datetime
 ) -> int:
     """Give every ticket in `scope` that a piece covers its next look, in one UPDATE (the
-    pieces in a scratch table); how many were written.
+    pieces in a scratch table); how many next looks changed (one that stays is not
+    written: after a policy change, most of them).
 
     Rows older than migration 0014 are unplanned instead, for the ticket-at-a-time pass.
     Tickets no piece covers (a tenant not loaded, or whose deadlines move while tickets
@@ -726,7 +727,10 @@ def _planning(scope: Scope, now: datetime, postgres: bool) -> sa.Update:
         .subquery("planned")
     )
     update = sa.update(_CLOCK).values(next_at=planned.c.next_at)
-    update = update.where(_CLOCK.c.ticket_id == planned.c.id)
+    update = update.where(
+        _CLOCK.c.ticket_id == planned.c.id,
+        _CLOCK.c.next_at.is_distinct_from(planned.c.next_at),  # a look that stays: not written
+    )
     if postgres:  # written since read: by a change whose plan this is not
         update = update.where(
             planned.c.version == sa.literal_column(_VERSION.format("ticket_clock"))

@@ -885,6 +885,8 @@ async def test_what_was_claimed_or_queued_before_is_not_sent_again(
     assert counts == ((3, 0, 0, 0) if summaries_kept else (0, 3, 0, 3))
     for ticket_id in ids:
         assert await next_look(sessions, ticket_id) == THU + timedelta(days=1)  # escalation 1
+    async with transaction(sessions) as session:  # planned again: no next look changes
+        assert await job.plan_in_sets(session, store.Scope((PK.slug,)), NOW) == 0
 
     async with transaction(sessions) as session:  # the claims lost, the messages kept
         await session.exec(sa.delete(ReminderSent.__table__))  # type: ignore[attr-defined]
