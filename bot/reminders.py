@@ -257,9 +257,8 @@ def plan(
     if facts.status is TicketStatus.AWAITING_VERIFICATION:
         expires = add_duration(facts.status_since, tenant.unverified_expire_after, calendar)
         if now >= expires:
-            at = expires
-            late = now - at > late_after
-            return Plan((Due(ReminderKind.EXPIRE, facts.status_since, "", at, late),), None)
+            late = now - expires > late_after
+            return Plan((Due(ReminderKind.EXPIRE, facts.status_since, "", expires, late),), None)
         later.append(expires)
         _nudge(ReminderKind.VERIFY_NUDGE, facts, now, expires, due, later)
     elif facts.status is TicketStatus.AWAITING_REQUESTER:
