@@ -50,6 +50,7 @@ _SENT = ReminderSent.__table__  # type: ignore[attr-defined]
 _OUTBOX = OutboundMessage.__table__  # type: ignore[attr-defined]
 _POLICY = ClockPolicy.__table__  # type: ignore[attr-defined]
 _CLOCK = TicketClock.__table__  # type: ignore[attr-defined]
+_READ = _CLOCK.alias("read")  # a ticket's clock row as a planning in sets read it
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,16 +541,23 @@ class Scope:
         tenants = sa.select(_TICKET.c.id).where(_TICKET.c.tenant.in_(self.tenants), ACTIVE_SQL)
         return tenants.correlate(None)
 
-    def where(self, clock: sa.FromClause, postgres: bool) -> list[sa.ColumnElement[bool]]:
-        """The scope as conditions on `ticket` joined to its `clock` row. SQLite is given
-        the list of ids (it then reads each ticket by its id); PostgreSQL the conditions
-        themselves (given a list, it compared it with every ticket)."""
-        if self.tenants is None:  # rows older than 0014 stay unplanned: left out
-            kept = _TICKET.c.history_status.is_not(None)
-            return [kept, clock.c.next_at.is_(None) if postgres else _TICKET.c.id.in_(self.ids())]
+    def select(self, postgres: bool, *columns: Any) -> sa.Select[Any]:
+        """`columns` of the tickets in scope, from `ticket` (and on PostgreSQL its clock
+        row, as `_READ`). SQLite is given the list of ids (it then reads each ticket by its
+        id); PostgreSQL the conditions themselves (given a list, it compared it with every
+        ticket), "open" among them so that it reads the open tickets' own index
+        (`ix_ticket_open_clock`, migration 0016) rather than the whole table."""
         if not postgres:
-            return [_TICKET.c.id.in_(self.ids())]
-        return [_TICKET.c.tenant.in_(self.tenants), ACTIVE_SQL]
+            kept = _TICKET.c.history_status.is_not(None)
+            alone = [kept] if self.tenants is None else []  # rows older than 0014: left out
+            return sa.select(*columns).where(_TICKET.c.id.in_(self.ids()), *alone)
+        which = (
+            [_TICKET.c.history_status.is_not(None), _READ.c.next_at.is_(None)]  # unplanned:
+            if self.tenants is None  # always open (migration 0016)
+            else [_TICKET.c.tenant.in_(self.tenants)]
+        )
+        source = _TICKET.join(_READ, _READ.c.ticket_id == _TICKET.c.id)
+        return sa.select(*columns).select_from(source).where(*which, ACTIVE_SQL)
 
 
 async def count(session: AsyncSession, scope: Scope, *, at_most: int) -> int:
@@ -568,9 +576,8 @@ async def groups(session: AsyncSession, scope: Scope) -> list[Group]:
     a few unused pieces."""
     connection = await session.connection()
     if scope.tenants is None:
-        query = sa.select(_TICKET.c.tenant, _TICKET.c.status, _TICKET.c.due_at).where(
-            _TICKET.c.id.in_(scope.ids())
-        )
+        postgres = connection.dialect.name == "postgresql"
+        query = scope.select(postgres, _TICKET.c.tenant, _TICKET.c.status, _TICKET.c.due_at)
         return [Group(*row) for row in await connection.execute(query.distinct())]
     query = sa.select(_TICKET.c.tenant, _TICKET.c.due_at).where(
         _TICKET.c.tenant.in_(scope.tenants), ACTIVE_SQL
@@ -655,26 +662,19 @@ def _planning(scope: Scope, now: datetime, postgres: bool) -> sa.Update:
     """The UPDATE: each ticket's next look, the earliest of its piece's deadline look (the
     time of its reminder due now while that is not sent), its nudge and its expiry."""
     never = sa.literal(NEVER, _NEXT_TYPE)
-    read = _CLOCK.alias("read")
-    source: sa.FromClause = _TICKET
-    version: sa.ColumnElement[Any] = sa.null()
-    if postgres:  # the clock row's version as this statement read it
-        source = _TICKET.join(read, read.c.ticket_id == _TICKET.c.id)
-        version = sa.literal_column(_VERSION.format("read"))
-    facts_query = (
-        sa.select(
-            _TICKET.c.id,
-            version.label("version"),
-            _TICKET.c.tenant,
-            _TICKET.c.status,
-            _TICKET.c.due_at,
-            sa.func.coalesce(_TICKET.c.due_at, never).label("due_key"),
-            _SET_AT.label("set_at"),
-            _SINCE.label("since"),
-            _TICKET.c.history_status.is_not(None).label("kept"),  # else: facts in its history
-        )
-        .select_from(source)
-        .where(*scope.where(read, postgres))
+    # the clock row's version as this statement read it (PostgreSQL)
+    version = sa.literal_column(_VERSION.format(_READ.name)) if postgres else sa.null()
+    facts_query = scope.select(
+        postgres,
+        _TICKET.c.id,
+        version.label("version"),
+        _TICKET.c.tenant,
+        _TICKET.c.status,
+        _TICKET.c.due_at,
+        sa.func.coalesce(_TICKET.c.due_at, never).label("due_key"),
+        _SET_AT.label("set_at"),
+        _SINCE.label("since"),
+        _TICKET.c.history_status.is_not(None).label("kept"),  # else: facts in its history
     )
     # PostgreSQL: read first, then hash-joined to the pieces (joined as they are, its
     # planner looped over the pieces or merge-joined them, 3-4 s for 25,000 tickets);
@@ -724,6 +724,9 @@ def _planning(scope: Scope, now: datetime, postgres: bool) -> sa.Update:
                 sa.or_(piece.set_upto.is_(None), piece.set_upto >= facts.set_at),
             ),
         )
+        # PostgreSQL would fold this into the UPDATE and work out each look twice (the
+        # IS DISTINCT FROM below and the value written): OFFSET 0 keeps it apart
+        .offset(0 if postgres else None)
         .subquery("planned")
     )
     update = sa.update(_CLOCK).values(next_at=planned.c.next_at)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,7 +47,14 @@ from bot.reminders import (
 from bot.tenants import Tenant, Tenants
 from storage import reminders as store
 from storage import tickets
-from storage.db import SessionFactory, create_engine, migrate, session_factory, transaction
+from storage.db import (
+    SessionFactory,
+    alembic_config,
+    create_engine,
+    migrate,
+    session_factory,
+    transaction,
+)
 from storage.enums import TicketStatus
 from storage.history import Summary, summarize
 from storage.models import (
@@ -498,7 +506,7 @@ async def test_escalations_repeat_until_closed_and_catch_up_once_after_downtime(
         clock_row = await session.get(TicketClock, ticket_id)
         assert clock_row is not None
         await session.refresh(clock_row)
-        assert clock_row.next_at is None  # the trigger asks for a new plan
+        assert clock_row.next_at == store.NEVER  # closed: the trigger plans it (nothing more)
     clock.at = THU + timedelta(days=9)
     await job.run()
     assert len(await outbox_rows(sessions)) == 2 * len(ADMINS)
@@ -1094,12 +1102,13 @@ async def test_the_next_look_follows_the_ticket_whatever_writes_it(
     assert await next_look(sessions, ticket_id) == utc(2026, 3, 16, 18, 59, 59)  # the new deadline
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_upgrading_to_the_clock_table_keeps_every_plan(
-    tmp_path: Path, kind: str, pg_template: str | None
-) -> None:
-    """Migration 0015 moves each ticket's planned look from its row to `ticket_clock`."""
-    if kind == "sqlite":
+@pytest.fixture(params=["sqlite", "postgres"])
+async def empty_engine(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_template: str | None
+) -> Any:
+    """An engine on a database with no tables yet, to migrate step by step."""
+    name = None
+    if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'upgrade.db'}"
     else:
         need(pg_template is not None, "PostgreSQL at 127.0.0.1:5432 is not reachable")
@@ -1108,37 +1117,99 @@ async def test_upgrading_to_the_clock_table_keeps_every_plan(
         url = conftest._pg_url(name)
     engine = create_engine(url)
     try:
-        await migrate(engine, "0014")
-        planned = utc(2026, 3, 9, 18, 59, 59)
-        async with engine.begin() as connection:
-            for number, look in ((1, planned), (2, None)):
-                await connection.execute(
-                    sa.text(
-                        "INSERT INTO ticket (tenant, ref, year, seq, kind, status, channel, "
-                        "language, received_at, created_at, updated_at, next_reminder_at) VALUES "
-                        "('test-desk', :ref, 2026, :seq, 'access', 'open', 'telegram', 'en', "
-                        ":at, :at, :at, :look)"
-                    ).bindparams(
-                        sa.bindparam("at", type_=UTCDateTime()),
-                        sa.bindparam("look", type_=UTCDateTime()),
-                    ),
-                    {"ref": f"TD-2026-{number:05d}", "seq": number, "at": OPEN_SINCE, "look": look},
-                )
-        await migrate(engine)
-        async with engine.connect() as connection:
-            clock = TicketClock.__table__  # type: ignore[attr-defined]
-            rows = await connection.execute(
-                sa.select(clock.c.ticket_id, clock.c.next_at).order_by(clock.c.ticket_id)
-            )
-            assert [tuple(row) for row in rows] == [(1, planned), (2, None)]
-            columns = await connection.run_sync(
-                lambda sync: [c["name"] for c in sa.inspect(sync).get_columns("ticket")]
-            )
-        assert "next_reminder_at" not in columns and "history_status" in columns
+        yield engine
     finally:
         await engine.dispose()
-        if kind == "postgres":
+        if name is not None:
             await conftest._pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_OLD_TICKET = (
+    "INSERT INTO ticket (tenant, ref, year, seq, kind, status, channel, language, "
+    "received_at, created_at, updated_at{extra}) VALUES ('test-desk', :ref, 2026, :seq, "
+    "'access', :status, 'telegram', 'en', :at, :at, :at{extra_value})"
+)
+
+
+async def _clock_rows(engine: AsyncEngine) -> list[tuple[int, datetime | None]]:
+    async with engine.connect() as connection:
+        clock = TicketClock.__table__  # type: ignore[attr-defined]
+        rows = await connection.execute(
+            sa.select(clock.c.ticket_id, clock.c.next_at).order_by(clock.c.ticket_id)
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+async def test_upgrading_to_the_clock_table_keeps_every_plan(empty_engine: AsyncEngine) -> None:
+    """Migration 0015 moves each ticket's planned look from its row to `ticket_clock`."""
+    engine = empty_engine
+    await migrate(engine, "0014")
+    planned = utc(2026, 3, 9, 18, 59, 59)
+    insert = sa.text(
+        _OLD_TICKET.format(extra=", next_reminder_at", extra_value=", :look")
+    ).bindparams(sa.bindparam("at", type_=UTCDateTime()), sa.bindparam("look", type_=UTCDateTime()))
+    async with engine.begin() as connection:
+        for number, look in ((1, planned), (2, None)):
+            values = {"ref": f"TD-2026-{number:05d}", "seq": number, "status": "open"}
+            await connection.execute(insert, {**values, "at": OPEN_SINCE, "look": look})
+    await migrate(engine)
+    assert await _clock_rows(engine) == [(1, planned), (2, None)]
+    async with engine.connect() as connection:
+        columns = await connection.run_sync(
+            lambda sync: [c["name"] for c in sa.inspect(sync).get_columns("ticket")]
+        )
+    assert "next_reminder_at" not in columns and "history_status" in columns
+
+
+async def test_a_closed_ticket_is_never_left_to_plan(empty_engine: AsyncEngine) -> None:
+    """Migration 0016: a closed ticket left unplanned gets "never", and from then on the
+    triggers give a closing ticket "never" at once (so that every unplanned ticket is an
+    open one, which planning in sets reads from their own index on PostgreSQL); reopened,
+    it is unplanned again. Downgraded, a closing unplans the ticket as before."""
+    engine = empty_engine
+    await migrate(engine, "0015")
+    insert = sa.text(_OLD_TICKET.format(extra="", extra_value="")).bindparams(
+        sa.bindparam("at", type_=UTCDateTime())
+    )
+    clock = TicketClock.__table__  # type: ignore[attr-defined]
+    table = Ticket.__table__  # type: ignore[attr-defined]
+    async with engine.begin() as connection:
+        for number, status in ((1, "open"), (2, "open"), (3, "resolved")):
+            values = {"ref": f"TD-2026-{number:05d}", "seq": number, "status": status}
+            await connection.execute(insert, {**values, "at": OPEN_SINCE})
+        await connection.execute(  # closed under 0015: unplanned until a pass planned it
+            sa.update(table).where(table.c.id == 2).values(status="rejected")
+        )
+        await connection.execute(sa.update(clock).values(next_at=None))  # and no pass yet
+    await migrate(engine)
+    assert await _clock_rows(engine) == [(1, None), (2, store.NEVER), (3, store.NEVER)]
+
+    async def set_status(ticket_id: int, status: str) -> None:
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.update(table).where(table.c.id == ticket_id).values(status=status)
+            )
+
+    await set_status(1, "cancelled")
+    await set_status(2, "open")
+    assert await _clock_rows(engine) == [(1, store.NEVER), (2, None), (3, store.NEVER)]
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as connection:
+            indexes = await connection.run_sync(
+                lambda sync: [i["name"] for i in sa.inspect(sync).get_indexes("ticket")]
+            )
+        assert "ix_ticket_open_clock" in indexes
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_downgrade_to, "0015")
+    await set_status(2, "resolved")
+    assert (await _clock_rows(engine))[1] == (2, None)
+
+
+def _downgrade_to(connection: sa.Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
 
 
 # --- planning in sets ------------------------------------------------------------------
