@@ -115,7 +115,7 @@ ACTIVE = [("open", 55), ("in_progress", 25), ("awaiting_verification", 12),
 OVERDUE_SHARE = 0.08
 DEADLINE_DAYS = {"optician-dynamics": 10, "jooptics": 30, "optimizory": 45}
 STAFF = [(111, "Amina"), (112, "Bilal"), (113, "Sara"), (114, "Omar"), (115, "Priya")]
-# each ticket's `ticket_clock` row comes from the insert trigger (NULL; a closed one: never)
+# an open ticket's `ticket_clock` row comes from the insert trigger (NULL; a closed one has none)
 TICKET_COLUMNS = [
     "id", "tenant", "ref", "year", "seq", "kind", "status", "channel", "language",
     "received_at", "verified_at", "clock_started_at", "due_at", "closed_at",

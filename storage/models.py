@@ -314,8 +314,9 @@ class ApiToken(SQLModel, table=True):
 class TicketClock(SQLModel, table=True):
     """When the clock should look at a ticket again; `next_at` NULL: (re)plan it at the next
     pass. A row of its own, not a ticket column: on PostgreSQL, changing an indexed column of
-    `ticket` writes to all of its indexes (migration 0015). Triggers give each new ticket its
-    row and set `next_at` back to NULL when the ticket's status or deadline changes."""
+    `ticket` writes to all of its indexes (migration 0015). Open tickets only: triggers give a
+    ticket its row while it is open, set `next_at` back to NULL when its status or deadline
+    changes, and take the row away when it closes (migration 0016)."""
 
     __tablename__ = "ticket_clock"
     __table_args__ = (sa.Index("ix_ticket_clock_next", "next_at"),)

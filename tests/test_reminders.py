@@ -55,7 +55,7 @@ from storage.db import (
     session_factory,
     transaction,
 )
-from storage.enums import TicketStatus
+from storage.enums import CLOSED_STATUSES, TicketStatus
 from storage.history import Summary, summarize
 from storage.models import (
     Conversation,
@@ -420,11 +420,15 @@ async def outbox_rows(sessions: SessionFactory) -> list[OutboundMessage]:
 
 
 async def next_look(sessions: SessionFactory, ticket_id: int) -> datetime | None:
-    """When the clock will look at the ticket again (None: at the next pass)."""
+    """When the clock will look at the ticket again (None: at the next pass; NEVER: never,
+    which a closed ticket says by having no clock row at all)."""
     async with sessions() as session:
         found = await session.get(TicketClock, ticket_id)
-        assert found is not None
-        return found.next_at
+        if found is not None:
+            return found.next_at
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket is not None and ticket.status in CLOSED_STATUSES, "open, yet no clock row"
+        return store.NEVER
 
 
 async def ticket_row(sessions: SessionFactory, ticket_id: int) -> Ticket:
@@ -503,10 +507,8 @@ async def test_escalations_repeat_until_closed_and_catch_up_once_after_downtime(
         assert ticket is not None
         ticket.status = TicketStatus.RESOLVED
         await session.flush()
-        clock_row = await session.get(TicketClock, ticket_id)
-        assert clock_row is not None
-        await session.refresh(clock_row)
-        assert clock_row.next_at == store.NEVER  # closed: the trigger plans it (nothing more)
+        # closed: the trigger takes its clock row away (nothing more to look at)
+        assert await session.get(TicketClock, ticket_id, populate_existing=True) is None
     clock.at = THU + timedelta(days=9)
     await job.run()
     assert len(await outbox_rows(sessions)) == 2 * len(ADMINS)
@@ -1161,11 +1163,12 @@ async def test_upgrading_to_the_clock_table_keeps_every_plan(empty_engine: Async
     assert "next_reminder_at" not in columns and "history_status" in columns
 
 
-async def test_a_closed_ticket_is_never_left_to_plan(empty_engine: AsyncEngine) -> None:
-    """Migration 0016: a closed ticket left unplanned gets "never", and from then on the
-    triggers give a closing ticket "never" at once (so that every unplanned ticket is an
-    open one, which planning in sets reads from their own index on PostgreSQL); reopened,
-    it is unplanned again. Downgraded, a closing unplans the ticket as before."""
+async def test_the_clock_holds_open_tickets_only(empty_engine: AsyncEngine) -> None:
+    """Migration 0016: closed tickets lose their clock rows (they are never looked at
+    again), and from then on the triggers give a ticket a row while it is open and take it
+    away when it closes; reopened, it has one again, unplanned. So every unplanned ticket
+    is an open one (planning in sets reads those from their own index on PostgreSQL).
+    Downgraded, closed tickets have their "never" rows back, and closing unplans again."""
     engine = empty_engine
     await migrate(engine, "0015")
     insert = sa.text(_OLD_TICKET.format(extra="", extra_value="")).bindparams(
@@ -1182,7 +1185,7 @@ async def test_a_closed_ticket_is_never_left_to_plan(empty_engine: AsyncEngine) 
         )
         await connection.execute(sa.update(clock).values(next_at=None))  # and no pass yet
     await migrate(engine)
-    assert await _clock_rows(engine) == [(1, None), (2, store.NEVER), (3, store.NEVER)]
+    assert await _clock_rows(engine) == [(1, None)]
 
     async def set_status(ticket_id: int, status: str) -> None:
         async with engine.begin() as connection:
@@ -1190,9 +1193,16 @@ async def test_a_closed_ticket_is_never_left_to_plan(empty_engine: AsyncEngine) 
                 sa.update(table).where(table.c.id == ticket_id).values(status=status)
             )
 
+    async with engine.begin() as connection:  # planned, then closed: its row goes
+        await connection.execute(sa.update(clock).values(next_at=THU))
     await set_status(1, "cancelled")
     await set_status(2, "open")
-    assert await _clock_rows(engine) == [(1, store.NEVER), (2, None), (3, store.NEVER)]
+    assert await _clock_rows(engine) == [(2, None)]
+    async with engine.begin() as connection:  # filed open and filed closed
+        for number, status in ((4, "open"), (5, "expired")):
+            values = {"ref": f"TD-2026-{number:05d}", "seq": number, "status": status}
+            await connection.execute(insert, {**values, "at": OPEN_SINCE})
+    assert await _clock_rows(engine) == [(2, None), (4, None)]
     if engine.dialect.name == "postgresql":
         async with engine.connect() as connection:
             indexes = await connection.run_sync(
@@ -1202,8 +1212,10 @@ async def test_a_closed_ticket_is_never_left_to_plan(empty_engine: AsyncEngine) 
 
     async with engine.begin() as connection:
         await connection.run_sync(_downgrade_to, "0015")
-    await set_status(2, "resolved")
-    assert (await _clock_rows(engine))[1] == (2, None)
+    never = store.NEVER
+    assert await _clock_rows(engine) == [(1, never), (2, None), (3, never), (4, None), (5, never)]
+    await set_status(3, "open")
+    assert (await _clock_rows(engine))[2] == (3, None)
 
 
 def _downgrade_to(connection: sa.Connection, revision: str) -> None:
