@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -383,6 +384,20 @@ async def home(request: web.Request) -> web.StreamResponse:
 # --- the ticket list --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One line of the ticket list, as the template reads it. Attributes, not a dict: Jinja
+    looks a name up as an attribute first, and a dict's miss raised (and caught) an
+    exception for every field of every row."""
+
+    t: Ticket
+    tenant: str
+    due: str
+    due_css: str
+    due_words: str
+    received: str
+
+
 async def tickets(request: web.Request) -> web.Response:
     deps = _deps(request)
     params = _params(request)
@@ -401,14 +416,14 @@ async def tickets(request: web.Request) -> web.Response:
         tenant = _tenant_of(deps, ticket)
         css, words = due_state(ticket, now)
         items.append(
-            {
-                "t": ticket,
-                "tenant": tenant.name if tenant else ticket.tenant,
-                "due": local_time(ticket.due_at, tenant),
-                "due_css": css,
-                "due_words": words,
-                "received": local_time(ticket.received_at, tenant),
-            }
+            _Row(
+                t=ticket,
+                tenant=tenant.name if tenant else ticket.tenant,
+                due=local_time(ticket.due_at, tenant),
+                due_css=css,
+                due_words=words,
+                received=local_time(ticket.received_at, tenant),
+            )
         )
     status_links = [
         (
