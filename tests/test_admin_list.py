@@ -3,10 +3,13 @@ every filter, counts per status, and query plans that stay index range scans."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,7 +17,7 @@ from bot.api_models import admin_filter, decode_cursor, encode_cursor, search_te
 from bot.tenants import load_tenants
 from storage import admin_queries as q
 from storage.admin_models import TicketStatusCount
-from storage.db import SessionFactory, transaction
+from storage.db import SessionFactory, create_engine, session_factory, transaction
 from storage.enums import TicketStatus
 from storage.models import Ticket
 from tests.conftest import TENANTS_DIR
@@ -205,6 +208,89 @@ async def test_counts_follow_every_change_and_survive_folding(
         assert await q.compact_counts(session) > 0
         assert await q.compact_counts(session) <= 3 * len(STATUSES)  # already folded
     assert await _counted(sessions) == await _truth(sessions)
+
+
+@pytest_asyncio.fixture
+async def pg_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+async def _counts_table_bytes(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        size = await conn.scalar(sa.text("SELECT pg_relation_size('ticket_status_count')"))
+    return int(size)
+
+
+async def test_a_grown_counts_table_is_folded_into_a_new_file(pg_engine: AsyncEngine) -> None:
+    sessions = session_factory(pg_engine)
+    await _bulk(pg_engine, 600)
+    truth = await _truth(sessions)
+    async with transaction(sessions) as session:  # a table below the size: folded in place
+        assert await q.compact_counts(session) == 600
+    kept = await _counts_table_bytes(pg_engine)
+    assert kept > 8192  # the deleted deltas' pages stay in the file
+    assert await _counted(sessions) == truth
+
+    await _bulk(pg_engine, 300, seed_value=9, first=1000)
+    async with sessions() as session:
+        totals = (
+            await session.exec(sa.select(sa.func.count()).select_from(TicketStatusCount))
+        ).one()  # type: ignore[call-overload]
+    truth = await _truth(sessions)
+    async with transaction(sessions) as session:
+        folded = await q.compact_counts(session, rewrite_above=8192)
+    assert folded == totals[0] > 300  # the new deltas and the previous totals
+    assert await _counts_table_bytes(pg_engine) == 8192  # one page: ≤ 3 × 8 totals
+    assert await _counted(sessions) == truth
+
+
+async def test_folding_into_a_new_file_neither_waits_for_writers_nor_loses_them(
+    pg_engine: AsyncEngine,
+) -> None:
+    sessions = session_factory(pg_engine)
+    await _bulk(pg_engine, 200)
+    # A writer holds the table (its delta not yet committed): the fold does not wait for
+    # it, folds in place instead, and leaves its delta alone.
+    async with pg_engine.connect() as writer:
+        await writer.execute(sa.insert(Ticket.__table__), [_one_ticket(5000)])  # type: ignore[attr-defined]
+        async with transaction(sessions) as session:
+            folded = await asyncio.wait_for(q.compact_counts(session, rewrite_above=0), 10)
+        assert folded == 200
+        await writer.commit()
+    assert await _counted(sessions) == await _truth(sessions)
+
+    # The fold holds the table: a writer waits for it, and its delta lands in the new file.
+    async with transaction(sessions) as session:
+        assert await q.compact_counts(session, rewrite_above=0) > 0
+        late = asyncio.create_task(_insert_ticket(pg_engine, 5001))
+        await asyncio.sleep(0.3)
+        assert not late.done()  # queued behind the fold's lock
+    await asyncio.wait_for(late, 10)
+    assert await _counted(sessions) == await _truth(sessions)
+
+
+def _one_ticket(n: int) -> dict[str, object]:
+    return {
+        "tenant": "jooptics",
+        "ref": f"JOO-2026-{n:06d}",
+        "year": 2026,
+        "seq": n,
+        "kind": "access",
+        "status": "open",
+        "channel": "telegram",
+        "language": "en",
+        "received_at": NOW,
+        "due_at": NOW + timedelta(days=3),
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+
+
+async def _insert_ticket(engine: AsyncEngine, n: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(Ticket.__table__), [_one_ticket(n)])  # type: ignore[attr-defined]
 
 
 def _fields(f: q.TicketFilter) -> dict[str, object]:
