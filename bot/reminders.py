@@ -59,6 +59,11 @@ NUDGE_AFTER = timedelta(hours=23)  # still inside WhatsApp's 24-hour customer-se
 WINDOW = timedelta(hours=24)
 RETRY_AFTER = timedelta(minutes=5)  # a ticket whose handling failed is looked at again then
 MAX_ROUNDS = 1000  # batches per pass: a bound, never reached in practice
+# More reminders than this for one chat in one batch go as one digest: a burst (after
+# downtime, a bulk import) of thousands would queue behind each other at Telegram's
+# 20 a minute to a group, and every message for that chat after them, for hours
+DIGEST_ABOVE = 10
+DIGEST_LINES = 25  # tickets a digest names (Telegram: 4,096 characters a message)
 PLANNING = 1  # raise when `plan` decides differently: every open ticket is planned anew
 
 VERIFY_NUDGE = _(
@@ -464,6 +469,62 @@ def staff_text(ticket: AnyTicket, tenant: Tenant, item: Due, now: datetime) -> s
     )
 
 
+def digest_line(ticket: AnyTicket, tenant: Tenant, item: Due, now: datetime) -> str:
+    """One ticket of a digest: which, what is asked, when it is or was due, who has it."""
+    assert ticket.due_at is not None
+    left = time_left(ticket.due_at, now)
+    when = staff_time(ticket.due_at, tenant)
+    due = f"overdue since {when}" if left < timedelta(0) else f"due in {describe(left)}, {when}"
+    who = ticket.assignee_name or "not claimed yet"
+    return f"• {ticket.ref} ({_kind_name(ticket.kind)}): {due}; {who}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """A staff message of the batch, with what a digest says of its ticket."""
+
+    message: store.Message
+    due_at: datetime
+    kind: ReminderKind
+    line: str
+
+
+def digested(queued: list[_Queued]) -> list[store.Message]:
+    """The batch's staff messages, those to a chat that would get more than
+    `DIGEST_ABOVE` replaced by one digest: how many, earliest deadline first, and the
+    tickets it does not name left to `/overdue` and `/tickets`."""
+    by_chat: dict[tuple[str, str, str], list[_Queued]] = {}
+    for item in queued:
+        m = item.message
+        by_chat.setdefault((m.tenant, m.channel, m.recipient), []).append(item)
+    messages: list[store.Message] = []
+    for (tenant, channel, recipient), items in by_chat.items():
+        if len(items) <= DIGEST_ABOVE:
+            messages.extend(item.message for item in items)
+            continue
+        items.sort(key=lambda item: (item.due_at, item.line))
+        overdue = sum(item.kind is ReminderKind.OVERDUE for item in items)
+        lines = [
+            f"⏰ {len(items)} reminders at once: {overdue} overdue, "
+            f"{len(items) - overdue} due soon. Earliest deadline first:",
+            *(item.line for item in items[:DIGEST_LINES]),
+        ]
+        if len(items) > DIGEST_LINES:
+            lines.append(f"…and {len(items) - DIGEST_LINES} more: /overdue and /tickets list them.")
+        keys = hashlib.sha256("\n".join(sorted(i.message.dedupe_key for i in items)).encode())
+        messages.append(
+            store.Message(
+                channel=channel,
+                recipient=recipient,
+                payload={"text": "\n".join(lines)},
+                tenant=tenant,
+                ticket_id=None,
+                dedupe_key=f"clock:digest:{recipient}:{keys.hexdigest()[:32]}",
+            )
+        )
+    return messages
+
+
 # --- the pass --------------------------------------------------------------------------
 
 STAFF_KINDS = frozenset({ReminderKind.BEFORE, ReminderKind.OVERDUE})
@@ -722,22 +783,29 @@ class ReminderPass:
     async def _to_staff_in_bulk(
         self, session: AsyncSession, to_staff: list[_ToStaff], now: datetime, report: PassReport
     ) -> None:
-        """Claim every reminder of the batch in one INSERT, queue the claimed ones in another."""
+        """Claim every reminder of the batch in one INSERT, queue the claimed ones in another
+        (a burst to one chat as a digest)."""
         claims = [
             store.Claim(item.ticket.id, due.kind, due.anchor, due.slot, due.at, due.late)
             for item in to_staff
             for due in item.todo.due
         ]
         claimed = await store.claim_many(session, claims, now=now)
-        messages: list[store.Message] = []
+        queued: list[_Queued] = []
         for item in to_staff:
+            ticket = item.ticket
             for due in item.todo.due:
-                if (item.ticket.id, due.kind, due.anchor, due.slot) not in claimed:
+                if (ticket.id, due.kind, due.anchor, due.slot) not in claimed:
                     report.already_sent += 1
                     continue
-                messages.extend(staff_messages(item.ticket, item.tenant, due, now))
+                assert ticket.due_at is not None  # staff reminders are about a deadline
+                line = digest_line(ticket, item.tenant, due, now)
+                queued.extend(
+                    _Queued(message, ticket.due_at, due.kind, line)
+                    for message in staff_messages(ticket, item.tenant, due, now)
+                )
                 report.count_sent(due.kind)
-        await store.queue(session, messages)
+        await store.queue(session, digested(queued))
 
     async def _alone(
         self,

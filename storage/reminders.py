@@ -384,7 +384,7 @@ class Message:
     recipient: str
     payload: dict[str, Any]
     tenant: str
-    ticket_id: int
+    ticket_id: int | None  # None: a digest of several tickets
     dedupe_key: str
 
 

@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 import logging
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -28,6 +29,7 @@ from bot import window
 from bot.clock import add_duration, parse_duration
 from bot.i18n import translate
 from bot.reminders import (
+    DIGEST_LINES,
     LATE_AFTER,
     RETRY_AFTER,
     Due,
@@ -830,12 +832,68 @@ async def test_staff_reminders_of_a_batch_cost_a_few_statements_not_a_few_per_ti
     finally:
         sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
     assert (report.looked_at, report.sent) == (30, 30)
-    assert len(await outbox_rows(sessions)) == 30 * len(ADMINS)
+    # 30 escalations to each admin at once: one digest each
+    assert [r.recipient for r in await outbox_rows(sessions)] == [str(a) for a in ADMINS]
     # How many are unplanned (too few to plan in sets), the tickets, the claims, the
     # outbox rows, the next looks (and the savepoint around the bulk statements); 30 one
     # by one took over 150.
     assert Counter(statements)["INSERT"] == 2 and Counter(statements)["UPDATE"] == 1
     assert len(statements) <= 15, statements
+
+
+def reminders_in(message: OutboundMessage) -> int:
+    """How many reminders an outbox message carries: a digest says it, else one."""
+    found = re.match(r"⏰ (\d+) reminders at once", message.payload["text"])
+    assert (found is not None) == (message.ticket_id is None), message.payload["text"]
+    return int(found.group(1)) if found else 1
+
+
+async def test_a_burst_of_reminders_to_one_chat_goes_as_one_digest(
+    sessions: SessionFactory,
+) -> None:
+    """More than DIGEST_ABOVE reminders due at once for one chat: one message saying how
+    many and naming the first DIGEST_LINES, earliest deadline first (each one claimed, so
+    never sent again); a chat with fewer gets them one by one, in the ticket's thread."""
+    burst = DIGEST_LINES + 2
+    to_chat = [
+        await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU - timedelta(hours=n))
+        for n in reversed(range(burst))  # the first filed has the earliest deadline
+    ]
+    assigned = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in "ab"]
+    async with transaction(sessions) as session:
+        for ticket_id in assigned:
+            ticket = await session.get(Ticket, ticket_id)
+            assert ticket is not None
+            ticket.assignee_user_id, ticket.assignee_name = ASSIGNEE, "Ayesha"
+    clock = Clock(OPEN_SINCE)
+    job = ReminderPass(sessions, Tenants([PK]), now=clock)
+    await job.run()  # plans them: the 3-business-days reminders from Monday 9 March
+    clock.at = utc(2026, 3, 10, 12, 0)  # a day of downtime later: all due at once
+    report = await job.run()
+    assert report.sent == burst + len(assigned)
+    rows = await outbox_rows(sessions)
+    (digest,) = [r for r in rows if r.recipient == str(STAFF_CHAT)]
+    lines = digest.payload["text"].split("\n")
+    assert lines[0] == (
+        f"⏰ {burst} reminders at once: 0 overdue, {burst} due soon. Earliest deadline first:"
+    )
+    assert lines[1] == (
+        "• TD-2026-00001 (access): due in 1 day 5 hours, 2026-03-11 21:59 PKT; not claimed yet"
+    )
+    named = [line.split()[1] for line in lines[1:-1]]
+    assert named == [f"TD-2026-{n:05d}" for n in range(1, DIGEST_LINES + 1)]
+    assert lines[-1] == "…and 2 more: /overdue and /tickets list them."
+    assert digest.ticket_id is None and "thread_id" not in digest.payload
+    alone = [r for r in rows if r.recipient == str(ASSIGNEE)]
+    assert sorted(r.ticket_id for r in alone) == assigned
+    assert all(r.payload["text"].startswith("⏰ Reminder (late): ") for r in alone)
+    async with sessions() as session:
+        claimed = sorted(r.ticket_id for r in await session.exec(select(ReminderSent)))
+    assert claimed == sorted(to_chat + assigned)
+
+    clock.at += timedelta(minutes=1)
+    assert (await job.run()).sent == 0  # claimed: never again, in a digest or alone
+    assert len(await outbox_rows(sessions)) == len(rows)
 
 
 async def test_a_ticket_that_breaks_the_bulk_statements_fails_alone(
@@ -1065,8 +1123,12 @@ async def test_two_schedulers_on_one_postgres_send_each_reminder_exactly_once(
         assert sent == sum(expected.values())
         if locking == "claims-only":
             assert already > 0  # the race really happened, and the claims decided it
-        # Reminders go to the staff chat; each escalation to every admin.
-        assert len(messages) == expected["before"] + expected["overdue"] * len(ADMINS)
+        # Reminders go to the staff chat; each escalation to every admin; more than
+        # DIGEST_ABOVE of a batch to one chat as a digest that says how many.
+        assert sum(map(reminders_in, messages)) == (
+            expected["before"] + expected["overdue"] * len(ADMINS)
+        )
+        assert any(m.ticket_id is None for m in messages)  # digests were among them
         assert len({m.dedupe_key for m in messages}) == len(messages)
     finally:
         for engine in engines:
