@@ -98,7 +98,7 @@ async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
     deps = _deps(request)
     now = deps.now()
     digest = token_hash(token.strip())
-    async with transaction(deps.sessions) as session:
+    async with deps.sessions() as session:  # no write lock (`admin_service.current_user`)
         found = (
             await session.exec(
                 select(ApiToken).where(
@@ -107,11 +107,13 @@ async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
                 )
             )
         ).first()
-        if found is None or not secrets.compare_digest(found.token_hash, digest):
-            return error(401, "unknown or revoked token", **challenge)
-        if found.last_used_at is None or now - found.last_used_at >= TOUCH_EVERY:
-            found.last_used_at = now
-            session.add(found)
+    if found is None or not secrets.compare_digest(found.token_hash, digest):
+        return error(401, "unknown or revoked token", **challenge)
+    if found.id is not None and (
+        found.last_used_at is None or now - found.last_used_at >= TOUCH_EVERY
+    ):
+        async with transaction(deps.sessions) as session:
+            await q.touch_token(session, found.id, now=now)
     request[TOKEN] = found.name
     return await handler(request)
 

@@ -35,6 +35,7 @@ from storage.crypto import blind_indexes
 from storage.enums import CLOSED_STATUSES, TicketStatus
 from storage.models import (
     AdminUser,
+    ApiToken,
     ContactIdentity,
     Conversation,
     InboundMessage,
@@ -456,6 +457,25 @@ async def session_with_user(
     )
     row = result.first()
     return (row[0], row[1]) if row else None
+
+
+async def touch_session(
+    session: AsyncSession, token_hash: str, *, now: datetime, expires_at: datetime
+) -> None:
+    """Slide a session's idle expiry (its row is read without a write lock: see
+    `admin_service.current_user`)."""
+    table = AdminSession.__table__  # type: ignore[attr-defined]
+    await session.exec(
+        sa.update(table)
+        .where(table.c.token_hash == token_hash)
+        .values(last_seen_at=now, expires_at=expires_at)
+    )
+
+
+async def touch_token(session: AsyncSession, token_id: int, *, now: datetime) -> None:
+    """Record an API token's use (at most once a minute: `handlers.api.bearer`)."""
+    table = ApiToken.__table__  # type: ignore[attr-defined]
+    await session.exec(sa.update(table).where(table.c.id == token_id).values(last_used_at=now))
 
 
 async def end_session(session: AsyncSession, token_hash: str) -> None:

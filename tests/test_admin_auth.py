@@ -3,7 +3,9 @@ roles, security headers, and the record of every ticket view and contact reveal.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,17 @@ from storage.admin_models import AdminAudit, AdminSession, LoginAttempt, Sandbox
 from storage.db import create_engine, session_factory
 from storage.enums import TicketStatus
 from storage.models import InboundMessage, Ticket, TicketEvent, utcnow
-from tests.test_admin_support import ADMIN, VIEWER, Seed, admin_desk, make_accounts, rows, seed
+from tests.test_admin_support import (
+    ADMIN,
+    VIEWER,
+    Seed,
+    admin_desk,
+    make_accounts,
+    rows,
+    seed,
+    set_values,
+    writes_held,
+)
 
 PAGES = [
     "/admin",
@@ -437,3 +449,28 @@ async def test_ticket_views_and_reveals_are_recorded(database_url: str, tmp_path
     assert len(reveals) == 1 and reveals[0].actor.startswith("admin:")
     assert sum(1 for a in views if a.detail.get("revealed")) == 1
     assert len({a.actor for a in views}) == 2  # the admin and the viewer
+
+
+async def test_a_session_is_checked_without_writing_and_slides_once_a_minute(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with admin_desk(database_url, tmp_path) as desk, desk.browser() as browser:
+        (signed_in,) = await rows(database_url, AdminSession)
+        # Within the minute nothing is written: pages are served while another process
+        # holds the writes (on SQLite each view once waited for its one writer).
+        async with writes_held(database_url):
+            for _ in range(3):
+                response, _page = await asyncio.wait_for(browser.get("/admin/tickets"), 5)
+                assert response.status == 200 and response.url.path == "/admin/tickets"
+        (same,) = await rows(database_url, AdminSession)
+        assert (same.last_seen_at, same.expires_at) == (
+            signed_in.last_seen_at,
+            signed_in.expires_at,
+        )
+        a_while_ago = signed_in.last_seen_at - timedelta(minutes=2)
+        await set_values(database_url, AdminSession, last_seen_at=a_while_ago)
+        response, _page = await browser.get("/admin/tickets")
+        assert response.status == 200 and response.url.path == "/admin/tickets"
+        (slid,) = await rows(database_url, AdminSession)
+        assert slid.last_seen_at >= signed_in.last_seen_at
+        assert slid.expires_at >= signed_in.expires_at

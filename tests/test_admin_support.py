@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
+import sqlalchemy as sa
 from aiohttp import web
 from sqlmodel import select
 
@@ -149,6 +152,38 @@ async def rows(database_url: str, model: type, *where: Any) -> list[Any]:
             for condition in where:
                 query = query.where(condition)
             return list(await session.exec(query))
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def writes_held(database_url: str) -> AsyncIterator[None]:
+    """Another process holding the database's writes: SQLite's one write lock (BEGIN
+    IMMEDIATE), or on PostgreSQL the sign-in tables against any change; reads go on."""
+    if database_url.startswith("sqlite"):
+        other = sqlite3.connect(database_url.split("///", 1)[1], isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            other.close()  # rolls back
+        return
+    url = database_url.replace("postgresql+asyncpg", "postgresql", 1)
+    other_pg = await asyncpg.connect(url)
+    try:
+        async with other_pg.transaction():
+            await other_pg.execute("LOCK TABLE api_token, admin_session IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await other_pg.close()
+
+
+async def set_values(database_url: str, model: type, **values: Any) -> None:
+    """Set columns of every row of `model`'s table (to move a recorded time back)."""
+    engine = create_engine(database_url)
+    try:
+        async with transaction(session_factory(engine)) as session:
+            await session.exec(sa.update(model).values(**values))  # type: ignore[call-overload]
     finally:
         await engine.dispose()
 

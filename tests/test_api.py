@@ -3,6 +3,7 @@ an opaque cursor, one ticket, its events, the suppression list, reasons for bad 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from storage.admin_models import AdminAudit
 from storage.db import create_engine, session_factory
 from storage.enums import TicketStatus
-from tests.test_admin_support import Seed, admin_desk, rows, seed
+from storage.models import ApiToken
+from tests.test_admin_support import Seed, admin_desk, rows, seed, set_values, writes_held
 
 FIELDS = {"ref", "tenant", "type", "status", "channel", "received_at", "due_at", "assignee"}
 
@@ -42,6 +44,26 @@ async def test_requests_without_a_valid_token_get_401(database_url: str, tmp_pat
         assert (await desk.api("/tickets")).status == 401
         # The OpenAPI document itself is public.
         assert (await desk.api("/openapi.json", token=None)).status == 200
+
+
+async def test_a_token_is_checked_without_writing_and_its_use_kept_once_a_minute(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with admin_desk(database_url, tmp_path) as desk:
+        assert (await desk.api("/tickets")).status == 200
+        (token,) = await rows(database_url, ApiToken)
+        assert token.last_used_at is not None
+        # Within the minute nothing is written: requests are answered while another
+        # process holds the writes (on SQLite each once waited for its one writer).
+        async with writes_held(database_url):
+            for _ in range(3):
+                assert (await asyncio.wait_for(desk.api("/tickets"), 5)).status == 200
+        assert (await rows(database_url, ApiToken))[0].last_used_at == token.last_used_at
+        a_while_ago = token.last_used_at - timedelta(minutes=2)
+        await set_values(database_url, ApiToken, last_used_at=a_while_ago)
+        assert (await desk.api("/tickets")).status == 200
+        used = (await rows(database_url, ApiToken))[0].last_used_at
+        assert used is not None and used >= token.last_used_at
 
 
 async def test_ticket_list_filters_and_pages(database_url: str, tmp_path: Path) -> None:
