@@ -480,49 +480,52 @@ def digest_line(ticket: AnyTicket, tenant: Tenant, item: Due, now: datetime) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class _Queued:
-    """A staff message of the batch, with what a digest says of its ticket."""
+class _Reminder:
+    """A staff reminder or escalation of the batch, claimed and about to be queued."""
 
-    message: store.Message
-    due_at: datetime
-    kind: ReminderKind
-    line: str
+    ticket: store.DueTicket
+    tenant: Tenant
+    due: Due
 
 
-def digested(queued: list[_Queued]) -> list[store.Message]:
-    """The batch's staff messages, those to a chat that would get more than
-    `DIGEST_ABOVE` replaced by one digest: how many, earliest deadline first, and the
-    tickets it does not name left to `/overdue` and `/tickets`."""
-    by_chat: dict[tuple[str, str, str], list[_Queued]] = {}
-    for item in queued:
-        m = item.message
-        by_chat.setdefault((m.tenant, m.channel, m.recipient), []).append(item)
+def staff_queue(reminders: list[_Reminder], now: datetime) -> list[store.Message]:
+    """The batch's staff messages: one per reminder and recipient, except that a chat
+    that would get more than `DIGEST_ABOVE` gets one digest instead (how many, the first
+    `DIGEST_LINES` by deadline, `/overdue` and `/tickets` for the rest). Only what is sent
+    is written out: a burst's single messages, or a digest's unnamed lines, are not."""
+    by_chat: dict[tuple[str, int], list[_Reminder]] = {}
+    for reminder in reminders:
+        for chat in staff_recipients(reminder.ticket, reminder.tenant, reminder.due.kind):
+            by_chat.setdefault((reminder.tenant.slug, chat), []).append(reminder)
+    bursts = {key: items for key, items in by_chat.items() if len(items) > DIGEST_ABOVE}
     messages: list[store.Message] = []
-    for (tenant, channel, recipient), items in by_chat.items():
-        if len(items) <= DIGEST_ABOVE:
-            messages.extend(item.message for item in items)
-            continue
-        items.sort(key=lambda item: (item.due_at, item.line))
-        overdue = sum(item.kind is ReminderKind.OVERDUE for item in items)
-        lines = [
-            f"⏰ {len(items)} reminders at once: {overdue} overdue, "
-            f"{len(items) - overdue} due soon. Earliest deadline first:",
-            *(item.line for item in items[:DIGEST_LINES]),
-        ]
-        if len(items) > DIGEST_LINES:
-            lines.append(f"…and {len(items) - DIGEST_LINES} more: /overdue and /tickets list them.")
-        keys = hashlib.sha256("\n".join(sorted(i.message.dedupe_key for i in items)).encode())
-        messages.append(
-            store.Message(
-                channel=channel,
-                recipient=recipient,
-                payload={"text": "\n".join(lines)},
-                tenant=tenant,
-                ticket_id=None,
-                dedupe_key=f"clock:digest:{recipient}:{keys.hexdigest()[:32]}",
-            )
-        )
+    for r in reminders:
+        skip = frozenset(chat for slug, chat in bursts if slug == r.tenant.slug)
+        messages.extend(staff_messages(r.ticket, r.tenant, r.due, now, skip=skip))
+    for (slug, chat), items in bursts.items():
+        messages.append(_digest(slug, chat, items, now))
     return messages
+
+
+def _digest(slug: str, chat: int, items: list[_Reminder], now: datetime) -> store.Message:
+    items = sorted(items, key=lambda r: (r.ticket.due_at or store.NEVER, r.ticket.id or 0))
+    overdue = sum(r.due.kind is ReminderKind.OVERDUE for r in items)
+    lines = [
+        f"⏰ {len(items)} reminders at once: {overdue} overdue, "
+        f"{len(items) - overdue} due soon. Earliest deadline first:",
+        *(digest_line(r.ticket, r.tenant, r.due, now) for r in items[:DIGEST_LINES]),
+    ]
+    if len(items) > DIGEST_LINES:
+        lines.append(f"…and {len(items) - DIGEST_LINES} more: /overdue and /tickets list them.")
+    keys = "\n".join(sorted(_key(r.ticket, r.due, chat) for r in items))
+    return store.Message(
+        channel=Channel.TELEGRAM,
+        recipient=str(chat),
+        payload={"text": "\n".join(lines)},
+        tenant=slug,
+        ticket_id=None,  # several tickets
+        dedupe_key=f"clock:digest:{chat}:{hashlib.sha256(keys.encode()).hexdigest()[:32]}",
+    )
 
 
 # --- the pass --------------------------------------------------------------------------
@@ -791,21 +794,15 @@ class ReminderPass:
             for due in item.todo.due
         ]
         claimed = await store.claim_many(session, claims, now=now)
-        queued: list[_Queued] = []
+        reminders: list[_Reminder] = []
         for item in to_staff:
-            ticket = item.ticket
             for due in item.todo.due:
-                if (ticket.id, due.kind, due.anchor, due.slot) not in claimed:
+                if (item.ticket.id, due.kind, due.anchor, due.slot) not in claimed:
                     report.already_sent += 1
                     continue
-                assert ticket.due_at is not None  # staff reminders are about a deadline
-                line = digest_line(ticket, item.tenant, due, now)
-                queued.extend(
-                    _Queued(message, ticket.due_at, due.kind, line)
-                    for message in staff_messages(ticket, item.tenant, due, now)
-                )
+                reminders.append(_Reminder(item.ticket, item.tenant, due))
                 report.count_sent(due.kind)
-        await store.queue(session, digested(queued))
+        await store.queue(session, staff_queue(reminders, now))
 
     async def _alone(
         self,
@@ -924,6 +921,9 @@ def _key(ticket: AnyTicket, item: Due, recipient: object) -> str:
     return f"clock:{ticket.id}:{item.kind}:{item.anchor.isoformat()}:{item.slot}:{recipient}"
 
 
+_NONE: frozenset[int] = frozenset()
+
+
 def staff_recipients(ticket: AnyTicket, tenant: Tenant, kind: ReminderKind) -> list[int]:
     """Reminders go to the assignee, else the staff chat; escalations to the admins, else
     (no admins configured) to the staff chat, so that they are never silently dropped."""
@@ -934,13 +934,17 @@ def staff_recipients(ticket: AnyTicket, tenant: Tenant, kind: ReminderKind) -> l
 
 
 def staff_messages(
-    ticket: AnyTicket, tenant: Tenant, item: Due, now: datetime
+    ticket: AnyTicket, tenant: Tenant, item: Due, now: datetime, *, skip: frozenset[int] = _NONE
 ) -> list[store.Message]:
-    """The Telegram messages of one reminder or escalation, one per recipient."""
+    """The Telegram messages of one reminder or escalation, one per recipient (but those
+    in `skip`: they get it in a digest)."""
     assert ticket.id is not None
     recipients = staff_recipients(ticket, tenant, item.kind)
     if not recipients:
         log.warning("clock: %s reminder for %s has nowhere to go", item.kind, ticket.ref)
+        return []
+    recipients = [chat for chat in recipients if chat not in skip]
+    if not recipients:
         return []
     text = staff_text(ticket, tenant, item, now)
     messages = []
