@@ -600,8 +600,11 @@ class ReminderPass:
     # batch was 5–15 % faster but raised `serve`'s peak memory by 16 MB (bench/README.md)
     batch: int = 500
     # Fewer tickets to plan than this are planned in the batches, one by one: planning in
-    # sets costs a scratch table and a few more statements, worth it for many
-    in_sets_from: int = 200
+    # sets costs a scratch table and a few more statements, worth it for many (a bulk
+    # import, an upgrade, a policy change). Not for the new tickets of 15 seconds at 200
+    # messages/s (≈ 225): on PostgreSQL the webhooks' p99 was 41–71 ms with 200 here,
+    # 28 ms planning those one by one (bench/README.md, session 11)
+    in_sets_from: int = 2_000
     late_after: timedelta = LATE_AFTER
     _policies_adopted: bool = field(default=False, init=False, repr=False)
 
