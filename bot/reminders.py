@@ -498,10 +498,13 @@ def staff_queue(reminders: list[_Reminder], now: datetime) -> list[store.Message
         for chat in staff_recipients(reminder.ticket, reminder.tenant, reminder.due.kind):
             by_chat.setdefault((reminder.tenant.slug, chat), []).append(reminder)
     bursts = {key: items for key, items in by_chat.items() if len(items) > DIGEST_ABOVE}
+    skip: dict[str, frozenset[int]] = {}  # each tenant's chats that get a digest
+    for slug, chat in bursts:
+        skip[slug] = skip.get(slug, _NONE) | {chat}
     messages: list[store.Message] = []
     for r in reminders:
-        skip = frozenset(chat for slug, chat in bursts if slug == r.tenant.slug)
-        messages.extend(staff_messages(r.ticket, r.tenant, r.due, now, skip=skip))
+        skipped = skip.get(r.tenant.slug, _NONE)
+        messages.extend(staff_messages(r.ticket, r.tenant, r.due, now, skip=skipped))
     for (slug, chat), items in bursts.items():
         messages.append(_digest(slug, chat, items, now))
     return messages
