@@ -372,12 +372,14 @@ def plan_group(
             late_after=late_after,
             calendar=calendar,
         )
-        reminder = None
+        reminder, late = None, False
         if part.due:
             (due,) = part.due  # a deadline has at most one reminder or escalation due at once
-            reminder = (str(due.kind), due.slot, due.at)
-        piece = store.Piece(group, after, upto, part.next_at or store.NEVER, reminder, **waiting)
-        if found and (found[-1].next_at, found[-1].reminder) == (piece.next_at, piece.reminder):
+            reminder, late = (str(due.kind), due.slot, due.at), due.late
+        next_at = part.next_at or store.NEVER
+        piece = store.Piece(group, after, upto, next_at, reminder, late, **waiting)
+        last = found[-1] if found else None
+        if last and (last.next_at, last.reminder, last.late) == (next_at, reminder, late):
             piece = dataclasses.replace(found.pop(), set_upto=upto)  # the same plan: one span
         found.append(piece)
     return found
@@ -480,54 +482,91 @@ def digest_line(ticket: AnyTicket, tenant: Tenant, item: Due, now: datetime) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class _Reminder:
-    """A staff reminder or escalation of the batch, claimed and about to be queued."""
+class StaffReminder:
+    """A staff reminder or escalation, claimed and about to be queued: whose ticket, and
+    who has it (where a reminder before the deadline goes)."""
 
-    ticket: store.DueTicket
+    ticket_id: int
+    assignee_user_id: int | None
     tenant: Tenant
     due: Due
 
 
-def staff_queue(reminders: list[_Reminder], now: datetime) -> list[store.Message]:
-    """The batch's staff messages: one per reminder and recipient, except that a chat
-    that would get more than `DIGEST_ABOVE` gets one digest instead (how many, the first
-    `DIGEST_LINES` by deadline, `/overdue` and `/tickets` for the rest). Only what is sent
-    is written out: a burst's single messages, or a digest's unnamed lines, are not."""
-    by_chat: dict[tuple[str, int], list[_Reminder]] = {}
+async def staff_queue(
+    session: AsyncSession, reminders: list[StaffReminder], now: datetime
+) -> list[store.Message]:
+    """The staff messages of reminders claimed together: one per reminder and recipient,
+    except that a chat that would get more than `DIGEST_ABOVE` gets one digest instead
+    (how many, the first `DIGEST_LINES` by deadline, `/overdue` and `/tickets` for the
+    rest). Only the tickets a message names are read, and only what is sent is written
+    out: a burst's single messages, or a digest's unnamed lines, are not."""
+    # reminders that share tenant, kind and assignee share their recipients
+    alike: dict[tuple[str, ReminderKind, int | None], list[StaffReminder]] = {}
     for reminder in reminders:
-        for chat in staff_recipients(reminder.ticket, reminder.tenant, reminder.due.kind):
-            by_chat.setdefault((reminder.tenant.slug, chat), []).append(reminder)
-    bursts = {key: items for key, items in by_chat.items() if len(items) > DIGEST_ABOVE}
+        key = (reminder.tenant.slug, reminder.due.kind, reminder.assignee_user_id)
+        alike.setdefault(key, []).append(reminder)
+    recipients = {
+        key: staff_recipients(items[0], items[0].tenant, key[1]) for key, items in alike.items()
+    }
+    by_chat: dict[tuple[str, int], list[StaffReminder]] = {}
+    for key, items in alike.items():
+        for chat in recipients[key]:
+            by_chat.setdefault((key[0], chat), []).extend(items)
+    bursts = {
+        key: sorted(items, key=_deadline_order)
+        for key, items in by_chat.items()
+        if len(items) > DIGEST_ABOVE
+    }
     skip: dict[str, frozenset[int]] = {}  # each tenant's chats that get a digest
     for slug, chat in bursts:
         skip[slug] = skip.get(slug, _NONE) | {chat}
+    singly = {  # what some recipient gets on its own (or no recipient at all: logged)
+        key
+        for key, chats in recipients.items()
+        if not chats or any(chat not in skip.get(key[0], _NONE) for chat in chats)
+    }
+    alone = [r for r in reminders if (r.tenant.slug, r.due.kind, r.assignee_user_id) in singly]
+    named = {r.ticket_id for r in alone}
+    named.update(r.ticket_id for items in bursts.values() for r in items[:DIGEST_LINES])
+    rows = await store.full_tickets(session, sorted(named))
     messages: list[store.Message] = []
-    for r in reminders:
+    for r in alone:
         skipped = skip.get(r.tenant.slug, _NONE)
-        messages.extend(staff_messages(r.ticket, r.tenant, r.due, now, skip=skipped))
+        messages.extend(staff_messages(rows[r.ticket_id], r.tenant, r.due, now, skip=skipped))
     for (slug, chat), items in bursts.items():
-        messages.append(_digest(slug, chat, items, now))
+        messages.append(_digest(slug, chat, items, rows, now))
     return messages
 
 
-def _digest(slug: str, chat: int, items: list[_Reminder], now: datetime) -> store.Message:
-    items = sorted(items, key=lambda r: (r.ticket.due_at or store.NEVER, r.ticket.id or 0))
+def _deadline_order(reminder: StaffReminder) -> tuple[datetime, int]:
+    """Earliest deadline first (a staff reminder's anchor is its ticket's deadline)."""
+    return reminder.due.anchor, reminder.ticket_id
+
+
+def _digest(
+    slug: str,
+    chat: int,
+    items: list[StaffReminder],
+    rows: dict[int, store.DueTicket],
+    now: datetime,
+) -> store.Message:
+    """One message for a burst of reminders to `chat`, `items` earliest deadline first;
+    its key is its first reminder's, which no other message to `chat` ever carries."""
     overdue = sum(r.due.kind is ReminderKind.OVERDUE for r in items)
     lines = [
         f"⏰ {len(items)} reminders at once: {overdue} overdue, "
         f"{len(items) - overdue} due soon. Earliest deadline first:",
-        *(digest_line(r.ticket, r.tenant, r.due, now) for r in items[:DIGEST_LINES]),
+        *(digest_line(rows[r.ticket_id], r.tenant, r.due, now) for r in items[:DIGEST_LINES]),
     ]
     if len(items) > DIGEST_LINES:
         lines.append(f"…and {len(items) - DIGEST_LINES} more: /overdue and /tickets list them.")
-    keys = "\n".join(sorted(_key(r.ticket, r.due, chat) for r in items))
     return store.Message(
         channel=Channel.TELEGRAM,
         recipient=str(chat),
         payload={"text": "\n".join(lines)},
         tenant=slug,
         ticket_id=None,  # several tickets
-        dedupe_key=f"clock:digest:{chat}:{hashlib.sha256(keys.encode()).hexdigest()[:32]}",
+        dedupe_key="clock:digest" + _key(items[0].ticket_id, items[0].due, chat)[len("clock") :],
     )
 
 
@@ -572,7 +611,7 @@ class _Planned:
 class _ToStaff:
     """A ticket whose reminders due now all go to staff: claimed and queued with its batch."""
 
-    ticket: store.DueTicket
+    ticket: store.ToPlan
     tenant: Tenant
     todo: Plan
 
@@ -616,9 +655,9 @@ class ReminderPass:
         now = self.now()
         report = PassReport()
         if not self._policies_adopted:
-            report.planned += await self.adopt_policies(now)
+            await self.adopt_policies(now, report)
         async with transaction(self.sessions) as session:
-            report.planned += await self.plan_in_sets(session, store.Scope(), now) or 0
+            await self.plan_in_sets(session, store.Scope(due=now), now, report)
         for _round in range(MAX_ROUNDS):
             async with transaction(self.sessions) as session:
                 tickets = await store.due_tickets(session, now=now, limit=self.batch)
@@ -637,16 +676,19 @@ class ReminderPass:
         return report
 
     async def plan_in_sets(
-        self, session: AsyncSession, scope: store.Scope, now: datetime
-    ) -> int | None:
+        self, session: AsyncSession, scope: store.Scope, now: datetime, report: PassReport
+    ) -> bool:
         """Plan the tickets of `scope` by groups that share a plan (`plan_group`), in one
-        UPDATE; how many (None: too few to be worth it, or it failed, and it wrote
-        nothing). What it leaves unplanned
-        (tenants not loaded or whose deadlines move while tickets wait, rows older than
-        migration 0014) and what is due now are handled ticket by ticket."""
+        UPDATE, after claiming the staff reminders those plans have due now in one INSERT
+        and queueing them (`staff_queue`); whether it ran (False: too few tickets to be
+        worth it, or it failed, and it wrote nothing). What it leaves (tenants not loaded
+        or whose deadlines move while tickets wait, rows older than migration 0014, what
+        goes to customers or may expire) is looked at now or later ticket by ticket."""
         if await store.count(session, scope, at_most=self.in_sets_from) < self.in_sets_from:
-            return None
+            return False
         found: list[store.Piece] = []
+        done = PassReport()
+        await store.hold_in_sets(session)
         try:
             async with session.begin_nested():
                 for group in await store.groups(session, scope):
@@ -655,15 +697,30 @@ class ReminderPass:
                     tenant = self.tenants.by_slug(group.tenant)
                     if not tenant.pause_while_awaiting_requester:
                         found.extend(plan_group(group, tenant, now, self.late_after))
-                return await store.plan_groups(session, scope, found, now=now)
-        except Exception:  # the ticket-at-a-time pass plans them all the same, only slower
-            log.exception("clock: planning in sets failed (%d pieces)", len(found))
-            return None
+                planned = await store.plan_groups(session, scope, found, now=now, claim=True)
+                reminders = [self._claimed(item) for item in planned.claimed]
+                await store.queue(session, await staff_queue(session, reminders, now))
+        except Exception as error:  # the ticket-at-a-time pass plans them all the same, slower
+            log.error(  # its message quotes the rows (texts, names): the type only
+                "clock: planning in sets failed (%d pieces, %s)", len(found), type(error).__name__
+            )
+            return False
+        done.planned = planned.written
+        for reminder in reminders:
+            done.count_sent(reminder.due.kind)
+        report.add(done)
+        return True
 
-    async def adopt_policies(self, now: datetime) -> int:
+    def _claimed(self, item: store.Claimed) -> StaffReminder:
+        due = Due(ReminderKind(item.kind), item.anchor_at, item.slot, item.due_at, item.late)
+        tenant = self.tenants.by_slug(item.tenant)
+        return StaffReminder(item.ticket_id, item.assignee_user_id, tenant, due)
+
+    async def adopt_policies(self, now: datetime, report: PassReport | None = None) -> None:
         """Once per process, before its first pass: the open tickets of the tenants whose
         reminder policies are not the ones they were planned under are planned again, in
-        sets (how many), or left to the pass to plan one by one."""
+        sets (what is due sent, into `report`), or left to the pass to plan one by one."""
+        report = report if report is not None else PassReport()
         async with transaction(self.sessions) as session:
             changed = [
                 tenant
@@ -674,11 +731,12 @@ class ReminderPass:
             ]
             # a tenant whose deadlines move while tickets wait is planned one by one
             in_sets = tuple(t.slug for t in changed if not t.pause_while_awaiting_requester)
-            planned = None
-            if in_sets:
-                planned = await self.plan_in_sets(session, store.Scope(in_sets), now)
+            before = report.planned
+            ran = bool(in_sets) and await self.plan_in_sets(
+                session, store.Scope(in_sets), now, report
+            )
             for tenant in changed:
-                if planned is not None and tenant.slug in in_sets:
+                if ran and tenant.slug in in_sets:
                     log.info("clock: %s has a new reminder policy", tenant.slug)
                     continue
                 unplanned = await store.unplan(session, tenant.slug)
@@ -687,10 +745,9 @@ class ReminderPass:
                     tenant.slug,
                     unplanned,
                 )
-        if planned is not None:
-            log.info("clock: %d open tickets planned again in sets", planned)
+        if ran:
+            log.info("clock: %d open tickets planned again in sets", report.planned - before)
         self._policies_adopted = True
-        return planned or 0
 
     async def _batch(
         self, session: AsyncSession, tickets: list[store.ToPlan], now: datetime, report: PassReport
@@ -728,8 +785,8 @@ class ReminderPass:
                 staff_only.append(item)
             else:
                 alone.append(item.ticket_id)  # `_alone` reads its ORM row itself
-        full = await store.full_tickets(session, [item.ticket_id for item in staff_only])
-        to_staff = [_ToStaff(full[item.ticket_id], item.tenant, item.todo) for item in staff_only]
+        by_id = {ticket.id: ticket for ticket in tickets}
+        to_staff = [_ToStaff(by_id[item.ticket_id], item.tenant, item.todo) for item in staff_only]
         if to_staff:
             done = PassReport()
             try:
@@ -747,7 +804,6 @@ class ReminderPass:
                 quiet.update(
                     (item.ticket.id, item.todo.next_at or store.NEVER) for item in to_staff
                 )
-        by_id = {ticket.id: ticket for ticket in tickets}
         for ticket_id in sorted(alone):
             older.pop(ticket_id, None)  # `_act` keeps its summary itself
             await self._alone(session, by_id[ticket_id], now, report, quiet)
@@ -800,15 +856,18 @@ class ReminderPass:
             for due in item.todo.due
         ]
         claimed = await store.claim_many(session, claims, now=now)
-        reminders: list[_Reminder] = []
+        reminders: list[StaffReminder] = []
         for item in to_staff:
+            ticket = item.ticket
             for due in item.todo.due:
-                if (item.ticket.id, due.kind, due.anchor, due.slot) not in claimed:
+                if (ticket.id, due.kind, due.anchor, due.slot) not in claimed:
                     report.already_sent += 1
                     continue
-                reminders.append(_Reminder(item.ticket, item.tenant, due))
+                reminders.append(
+                    StaffReminder(ticket.id, ticket.assignee_user_id, item.tenant, due)
+                )
                 report.count_sent(due.kind)
-        await store.queue(session, staff_queue(reminders, now))
+        await store.queue(session, await staff_queue(session, reminders, now))
 
     async def _alone(
         self,
@@ -918,19 +977,21 @@ class ReminderPass:
                 language, message, ref=ticket.ref, date=customer_date(expires, tenant, language)
             )
             await tell_customer(
-                session, ticket, tenant, text, key=_key(ticket, item, "customer"), now=now
+                session, ticket, tenant, text, key=_key(ticket.id, item, "customer"), now=now
             )
 
 
-def _key(ticket: AnyTicket, item: Due, recipient: object) -> str:
+def _key(ticket_id: int | None, item: Due, recipient: object) -> str:
     """The outbox dedupe key: the reminder's identity and its recipient."""
-    return f"clock:{ticket.id}:{item.kind}:{item.anchor.isoformat()}:{item.slot}:{recipient}"
+    return f"clock:{ticket_id}:{item.kind}:{item.anchor.isoformat()}:{item.slot}:{recipient}"
 
 
 _NONE: frozenset[int] = frozenset()
 
 
-def staff_recipients(ticket: AnyTicket, tenant: Tenant, kind: ReminderKind) -> list[int]:
+def staff_recipients(
+    ticket: AnyTicket | StaffReminder, tenant: Tenant, kind: ReminderKind
+) -> list[int]:
     """Reminders go to the assignee, else the staff chat; escalations to the admins, else
     (no admins configured) to the staff chat, so that they are never silently dropped."""
     staff_chat = [tenant.channels.staff_chat_id] if tenant.channels.staff_chat_id else []
@@ -965,7 +1026,7 @@ def staff_messages(
                 payload=payload,
                 tenant=tenant.slug,
                 ticket_id=ticket.id,
-                dedupe_key=_key(ticket, item, chat),
+                dedupe_key=_key(ticket.id, item, chat),
             )
         )
     return messages

@@ -46,6 +46,7 @@ from storage.models import (
     Conversation,
     InboundMessage,
     OutboundMessage,
+    ReminderSent,
     Requester,
     Ticket,
     TicketEvent,
@@ -164,6 +165,8 @@ async def _delete_where(session: AsyncSession, table: sa.Table, where: Any) -> N
 async def delete_ticket(session: AsyncSession, ticket: Ticket) -> None:
     table = Ticket.__table__  # type: ignore[attr-defined]
     requester = ticket.requester_id
+    # the clock's claims name the ticket without a foreign key (migration 0017)
+    await session.exec(sa.delete(ReminderSent).where(col(ReminderSent.ticket_id) == ticket.id))
     await _delete_where(session, table, table.c.id == ticket.id)
     if requester is not None:
         await _forget_requester(session, requester)

@@ -356,7 +356,10 @@ class ReminderSent(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("ticket_id", "kind", "anchor_at", "slot"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    ticket_id: int = Field(foreign_key="ticket.id")
+    # the ticket's id, without a foreign key: checking one locked (and wrote) each claimed
+    # ticket's row, most of a catch-up's cost (migration 0017); deleting a ticket deletes
+    # its claims (`bot.retention.delete_ticket`)
+    ticket_id: int
     kind: str = Field(max_length=24)  # before | overdue | verify_nudge | requester_nudge | expire
     anchor_at: datetime = _ts()
     slot: str = Field(default="", max_length=40)  # "3 business days", occurrence "2", or ""

@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -103,6 +104,7 @@ class ToPlan:
     deadline_set_at: datetime
     status_since: datetime
     summary_kept: bool
+    assignee_user_id: int | None  # who a reminder before its deadline goes to
 
 
 _DUE_COLUMNS = [_TICKET.c[name] for name in DueTicket.__slots__]
@@ -126,6 +128,7 @@ PLAN_COLUMNS = [
     _SET_AT,
     _SINCE,
     _TICKET.c.history_status.is_not(None),
+    _TICKET.c.assignee_user_id,
 ]
 
 
@@ -417,7 +420,11 @@ async def queue(session: AsyncSession, messages: Sequence[Message]) -> None:
 
 def _insert(session: AsyncSession) -> Any:
     """The dialect's INSERT, which has ON CONFLICT."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return _insert_for(session.get_bind().dialect.name)
+
+
+def _insert_for(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 async def sent_for(session: AsyncSession, ticket_id: int) -> list[ReminderSent]:
@@ -516,6 +523,7 @@ class Piece:
     set_upto: datetime | None
     next_at: datetime  # NEVER: nothing more unless the ticket changes
     reminder: tuple[str, str, datetime] | None = None
+    late: bool = False  # the reminder is found later than `late_after` past its time
     nudge_at: timedelta | None = None
     nudge_until: timedelta | None = None
     expires_from: timedelta | None = None
@@ -523,10 +531,18 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The tickets one planning in sets covers: the unplanned ones, or every open ticket
-    of the `tenants` whose policies changed."""
+    """The tickets one planning in sets covers: the unplanned ones (and those whose next
+    look has come by `due`), or every open ticket of the `tenants` whose policies changed."""
 
     tenants: tuple[str, ...] | None = None
+    due: datetime | None = None
+
+    def _looked_at(self, clock: Any) -> sa.ColumnElement[bool]:
+        """Unplanned, or due by `due`: a clock row the pass must look at."""
+        unplanned: sa.ColumnElement[bool] = clock.c.next_at.is_(None)
+        if self.due is None:
+            return unplanned
+        return sa.or_(unplanned, clock.c.next_at <= self.due)
 
     def ids(self) -> sa.Select[tuple[int]]:
         """Their ids, found on an index."""
@@ -534,7 +550,7 @@ class Scope:
             # by the index even among NULLs (SQLite's statistics prefer a scan otherwise)
             unplanned = (
                 sa.select(_CLOCK.c.ticket_id)
-                .where(_CLOCK.c.next_at.is_(None))
+                .where(self._looked_at(_CLOCK))
                 .order_by(_CLOCK.c.next_at)
             )
             return unplanned.correlate(None)  # a list of its own, whatever encloses it
@@ -552,12 +568,26 @@ class Scope:
             alone = [kept] if self.tenants is None else []  # rows older than 0014: left out
             return sa.select(*columns).where(_TICKET.c.id.in_(self.ids()), *alone)
         which = (
-            [_TICKET.c.history_status.is_not(None), _READ.c.next_at.is_(None)]  # unplanned:
+            [_TICKET.c.history_status.is_not(None), self._looked_at(_READ)]  # a clock row:
             if self.tenants is None  # always open (migration 0016)
             else [_TICKET.c.tenant.in_(self.tenants)]
         )
         source = _TICKET.join(_READ, _READ.c.ticket_id == _TICKET.c.id)
         return sa.select(*columns).select_from(source).where(*which, ACTIVE_SQL)
+
+
+# The key of the lock that lets one process at a time plan in sets (PostgreSQL)
+IN_SETS_LOCK = int.from_bytes(b"rd-clock", "big") >> 1
+
+
+async def hold_in_sets(session: AsyncSession) -> None:
+    """Wait for the right to plan in sets until the transaction ends (PostgreSQL; SQLite
+    has one writer at a time anyway). Two passes planning the same tickets in sets would
+    each claim, and write the looks of, rows the other holds, in no shared order; the
+    second now waits for the first and then finds what it left."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(sa.select(sa.func.pg_advisory_xact_lock(IN_SETS_LOCK)))
 
 
 async def count(session: AsyncSession, scope: Scope, *, at_most: int) -> int:
@@ -601,10 +631,39 @@ _PIECE = sa.Table(  # `Piece`s, joined to each ticket by (tenant, status, deadli
     sa.Column("reminder_kind", sa.Text),
     sa.Column("reminder_slot", sa.Text),
     sa.Column("reminder_at", _NEXT_TYPE),
+    sa.Column("reminder_late", sa.Boolean),
     sa.Column("nudge_at", sa.Float),  # seconds
     sa.Column("nudge_until", sa.Float),
     sa.Column("expires_from", sa.Float),
     sa.Index("clock_piece_key", "tenant", "status", "due_at"),
+    prefixes=["TEMPORARY"],
+)
+
+
+class _Place(sa.types.UserDefinedType[Any]):
+    """PostgreSQL's `tid`, where a row version lies (SQLite takes the name and stores NULL)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "tid"
+
+
+_PLAN = sa.Table(  # each ticket's plan, worked out once for the claims and the looks
+    "clock_plan",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.BigInteger),  # the clock row as read (PostgreSQL)
+    sa.Column("place", _Place),
+    sa.Column("tenant", sa.Text),
+    sa.Column("assignee_user_id", sa.BigInteger),
+    sa.Column("due_at", _NEXT_TYPE),
+    sa.Column("reminder_kind", sa.Text),
+    sa.Column("reminder_slot", sa.Text),
+    sa.Column("reminder_at", _NEXT_TYPE),
+    sa.Column("reminder_late", sa.Boolean),
+    sa.Column("claim", sa.Boolean),
+    sa.Column("next_at", _NEXT_TYPE),
     prefixes=["TEMPORARY"],
 )
 # PostgreSQL's row version (the transaction that wrote it), as a number to compare
@@ -617,34 +676,145 @@ _PLACE = "{}.ctid"
 _WORK_MEM = "64MB"
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A staff reminder claimed in sets (`plan_groups` with `claim`): its key, its time,
+    and the ticket's tenant and assignee, which say where it goes."""
+
+    ticket_id: int
+    kind: str
+    anchor_at: datetime
+    slot: str
+    due_at: datetime
+    late: bool
+    tenant: str
+    assignee_user_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """What `plan_groups` did: how many next looks it changed, the reminders it claimed."""
+
+    written: int
+    claimed: list[Claimed]
+
+
 async def plan_groups(
-    session: AsyncSession, scope: Scope, pieces: Sequence[Piece], *, now: datetime
-) -> int:
-    """Give every ticket in `scope` that a piece covers its next look, in one UPDATE (the
-    pieces in a scratch table); how many next looks changed (one that stays is not
-    written: after a policy change, most of them).
+    session: AsyncSession,
+    scope: Scope,
+    pieces: Sequence[Piece],
+    *,
+    now: datetime,
+    claim: bool = False,
+) -> Planned:
+    """Give every ticket in `scope` that a piece covers its next look, in one UPDATE: how
+    many looks it wrote (one that stays is not written: after a policy change, most of
+    them). The pieces, and then each ticket's plan, are worked out into scratch tables.
+
+    With `claim`, the reminders the plans have due now are first claimed in one INSERT
+    (`Claimed`, for the caller to queue in the same transaction), and the next look is the
+    one after them. Not those of a ticket whose expiry may have come (its plan may be to
+    expire, and nothing else): its look is now, for the pass to make alone. Claims come
+    before looks, as in a batch (`claim_many`, then `set_next`): two passes meet on a
+    claim and one of them waits there, never each on the other's rows.
 
     Rows older than migration 0014 are unplanned instead, for the ticket-at-a-time pass.
     Tickets no piece covers (a tenant not loaded, or whose deadlines move while tickets
-    wait) keep their next look. On PostgreSQL a clock row written since the statement
-    began (a desk action changed the ticket's status or deadline, and its trigger
-    unplanned it) is left as it is now: the plan was made from the old facts."""
+    wait) keep their next look. On PostgreSQL a clock row written since the plans were
+    read (a desk action changed the ticket's status or deadline, and its trigger
+    unplanned it) is left as it is now: the plan was made from the old facts. (A reminder
+    claimed from them went out as the change came in, as it could have a moment before.)"""
     if not pieces:
-        return 0
+        return Planned(0, [])
     connection = await session.connection()
     postgres = connection.dialect.name == "postgresql"
-    await connection.run_sync(_PIECE.drop, checkfirst=True)
-    await connection.run_sync(_PIECE.create)
+    for table in (_PIECE, _PLAN):
+        await connection.run_sync(table.drop, checkfirst=True)
+        await connection.run_sync(table.create)
     await connection.execute(sa.insert(_PIECE), [_piece_row(item) for item in pieces])
     if postgres:  # no autovacuum for a temporary table: without statistics the planner
         await connection.exec_driver_sql("ANALYZE clock_piece")  # looped over the pieces
         await connection.exec_driver_sql(f"SET LOCAL work_mem = '{_WORK_MEM}'")
-    result = await connection.execute(_planning(scope, now, postgres))
+    planned = _planned(scope, now, postgres, claim)
+    await connection.execute(
+        sa.insert(_PLAN).from_select(list(planned.selected_columns.keys()), planned)
+    )
+    if postgres:
+        await connection.exec_driver_sql("ANALYZE clock_plan")
+    claimed = await _claim(connection, now) if claim else []
+    result = await connection.execute(_looks(postgres))
     written = result.rowcount
     if written < 0:  # Python's sqlite3 counts rows only for statements that begin with UPDATE
         written = (await connection.exec_driver_sql("SELECT changes()")).scalar_one()
-    await connection.run_sync(_PIECE.drop)
-    return int(written)
+    for table in (_PLAN, _PIECE):
+        await connection.run_sync(table.drop)
+    return Planned(int(written), claimed)
+
+
+_CLAIM_COLUMNS = ["ticket_id", "kind", "anchor_at", "slot", "due_at", "sent_at", "late"]
+
+
+async def _claim(connection: AsyncConnection, now: datetime) -> list[Claimed]:
+    """Claim the reminders the plans say go now (one INSERT), and return them as claimed
+    with their owners: a claim another process holds is not ours to send."""
+    plan = _PLAN.c
+    insert = (
+        _insert_for(connection.dialect.name)(_SENT)
+        .from_select(
+            _CLAIM_COLUMNS,
+            sa.select(
+                plan.id,
+                plan.reminder_kind,
+                plan.due_at,
+                plan.reminder_slot,
+                plan.reminder_at,
+                sa.literal(now, _SENT.c.sent_at.type),
+                plan.reminder_late,
+            )
+            .where(plan.claim)
+            .order_by(plan.id),  # two passes that meet wait in one order: no deadlock
+        )
+        .on_conflict_do_nothing(index_elements=["ticket_id", "kind", "anchor_at", "slot"])
+        .returning(_SENT.c.ticket_id)  # a ticket has one reminder at most to claim at once
+    )
+    ours = {ticket_id for (ticket_id,) in await connection.execute(insert)}
+    if not ours:
+        return []
+    rows = await connection.execute(
+        sa.select(
+            plan.id,
+            plan.reminder_kind,
+            plan.due_at,
+            plan.reminder_slot,
+            plan.reminder_at,
+            plan.reminder_late,
+            plan.tenant,
+            plan.assignee_user_id,
+        ).where(plan.claim)
+    )
+    return [_claimed(row) for row in rows if row[0] in ours]
+
+
+def _looks(postgres: bool) -> sa.Update:
+    """The UPDATE that writes the plans' looks (one that stays is not written)."""
+    plan = _PLAN.c
+    update = sa.update(_CLOCK).values(next_at=plan.next_at)
+    update = update.where(
+        _CLOCK.c.ticket_id == plan.id,
+        _CLOCK.c.next_at.is_distinct_from(plan.next_at),
+    )
+    if postgres:  # the row as read, unless written since: by a change whose plan this is not
+        update = update.where(
+            sa.literal_column(_PLACE.format(_CLOCK.name)) == plan.place,
+            plan.version == sa.literal_column(_VERSION.format(_CLOCK.name)),
+        )
+    return update
+
+
+def _claimed(row: Sequence[Any]) -> Claimed:
+    """A claim as returned, with its ticket's tenant and assignee."""
+    ticket_id, kind, anchor_at, slot, due_at, late, tenant, assignee = row
+    return Claimed(ticket_id, kind, anchor_at, slot, due_at, late, tenant, assignee)
 
 
 def _piece_row(item: Piece) -> dict[str, Any]:
@@ -664,13 +834,13 @@ def _piece_row(item: Piece) -> dict[str, Any]:
         "reminder_kind": kind,
         "reminder_slot": slot,
         "reminder_at": at,
+        "reminder_late": item.late,
         **{k: None if v is None else v.total_seconds() for k, v in spans.items()},
     }
 
 
-def _planning(scope: Scope, now: datetime, postgres: bool) -> sa.Update:
-    """The UPDATE: each ticket's next look, the earliest of its piece's deadline look (the
-    time of its reminder due now while that is not sent), its nudge and its expiry."""
+def _facts(scope: Scope, postgres: bool) -> Any:
+    """The columns planning reads of the tickets in `scope` (a subquery's `.c`)."""
     never = sa.literal(NEVER, _NEXT_TYPE)
     # the clock row's version as this statement read it, and where (PostgreSQL)
     version = sa.literal_column(_VERSION.format(_READ.name)) if postgres else sa.null()
@@ -687,26 +857,57 @@ def _planning(scope: Scope, now: datetime, postgres: bool) -> sa.Update:
         _SET_AT.label("set_at"),
         _SINCE.label("since"),
         _TICKET.c.history_status.is_not(None).label("kept"),  # else: facts in its history
+        _TICKET.c.assignee_user_id,
     )
     # PostgreSQL: read first, then hash-joined to the pieces (joined as they are, its
     # planner looped over the pieces or merge-joined them, 3-4 s for 25,000 tickets);
     # SQLite reads each ticket by id and finds its piece on the scratch table's index
-    facts = (
+    return (
         facts_query.cte("facts").prefix_with("MATERIALIZED")
         if postgres
         else facts_query.subquery("facts")
     ).c
+
+
+def _piece_of(facts: Any) -> sa.ColumnElement[bool]:
+    """The piece that plans a ticket: its group, and the span its deadline was set in."""
     piece = _PIECE.c
-    sent = sa.exists().where(
+    return sa.and_(
+        piece.tenant == facts.tenant,
+        piece.status == facts.status,
+        piece.due_at == facts.due_key,
+        sa.or_(piece.set_after.is_(None), piece.set_after < facts.set_at),
+        sa.or_(piece.set_upto.is_(None), piece.set_upto >= facts.set_at),
+    )
+
+
+def _sent(facts: Any) -> sa.Exists:
+    """Whether the ticket's piece's reminder due now was sent (claimed) already."""
+    piece = _PIECE.c
+    return sa.exists().where(
         _SENT.c.ticket_id == facts.id,
         _SENT.c.kind == piece.reminder_kind,
         _SENT.c.anchor_at == facts.due_at,
         _SENT.c.slot == piece.reminder_slot,
     )
+
+
+def _planned(scope: Scope, now: datetime, postgres: bool, claim: bool) -> sa.Select[Any]:
+    """Each ticket's next look, the earliest of its piece's deadline look (the time of its
+    reminder due now while that is not sent or, with `claim`, claimed with it), its nudge
+    and its expiry; and whether its reminder is to be claimed now (`claim`)."""
+    never = sa.literal(NEVER, _NEXT_TYPE)
+    facts, piece = _facts(scope, postgres), _PIECE.c
+    expiry = sa.func.coalesce(_plus(facts.since, piece.expires_from, postgres), never)
+    # its reminder goes now, unless sent already: kept facts, and no expiry that may have come
+    goes = (
+        sa.and_(facts.kept, piece.reminder_kind.is_not(None), expiry > now) if claim else sa.false()
+    )
     looks = [
         sa.case(
             (piece.reminder_kind.is_(None), piece.next_at),
-            (sent, piece.next_at),
+            (goes, piece.next_at),
+            (_sent(facts), piece.next_at),
             else_=piece.reminder_at,
         ),
         sa.case(
@@ -716,43 +917,24 @@ def _planning(scope: Scope, now: datetime, postgres: bool) -> sa.Update:
             ),
             else_=never,
         ),
-        sa.func.coalesce(_plus(facts.since, piece.expires_from, postgres), never),
+        expiry,
     ]
     earliest = sa.func.least(*looks) if postgres else sa.func.min(*looks)
-    planned = (
-        sa.select(
-            facts.id,
-            facts.version,
-            facts.place,
-            sa.type_coerce(sa.case((facts.kept, earliest)), _NEXT_TYPE).label("next_at"),
-        )
-        .join_from(
-            facts.id.table,
-            _PIECE,
-            sa.and_(
-                piece.tenant == facts.tenant,
-                piece.status == facts.status,
-                piece.due_at == facts.due_key,
-                sa.or_(piece.set_after.is_(None), piece.set_after < facts.set_at),
-                sa.or_(piece.set_upto.is_(None), piece.set_upto >= facts.set_at),
-            ),
-        )
-        # PostgreSQL would fold this into the UPDATE and work out each look twice (the
-        # IS DISTINCT FROM below and the value written): OFFSET 0 keeps it apart
-        .offset(0 if postgres else None)
-        .subquery("planned")
-    )
-    update = sa.update(_CLOCK).values(next_at=planned.c.next_at)
-    update = update.where(
-        _CLOCK.c.ticket_id == planned.c.id,
-        _CLOCK.c.next_at.is_distinct_from(planned.c.next_at),  # a look that stays: not written
-    )
-    if postgres:  # the row as read, unless written since: by a change whose plan this is not
-        update = update.where(
-            sa.literal_column(_PLACE.format(_CLOCK.name)) == planned.c.place,
-            planned.c.version == sa.literal_column(_VERSION.format(_CLOCK.name)),
-        )
-    return update
+    next_at = sa.type_coerce(sa.case((facts.kept, earliest)), _NEXT_TYPE)
+    return sa.select(
+        facts.id,
+        facts.version,
+        facts.place,
+        facts.tenant,
+        facts.assignee_user_id,
+        facts.due_at,
+        piece.reminder_kind,
+        piece.reminder_slot,
+        piece.reminder_at,
+        piece.reminder_late,
+        sa.and_(goes, ~_sent(facts)).label("claim") if claim else sa.false().label("claim"),
+        next_at.label("next_at"),
+    ).join_from(facts.id.table, _PIECE, _piece_of(facts))
 
 
 def _plus(moment: Any, seconds: Any, postgres: bool) -> Any:

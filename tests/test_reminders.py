@@ -34,6 +34,7 @@ from bot.reminders import (
     RETRY_AFTER,
     Due,
     Facts,
+    PassReport,
     ReminderKind,
     ReminderPass,
     before,
@@ -896,6 +897,61 @@ async def test_a_burst_of_reminders_to_one_chat_goes_as_one_digest(
     assert len(await outbox_rows(sessions)) == len(rows)
 
 
+async def test_a_catch_up_is_claimed_with_its_planning_and_each_chat_gets_one_digest(
+    sessions: SessionFactory,
+) -> None:
+    """Past `in_sets_from` tickets due at once, the pass claims their reminders with the
+    planning in sets, in one statement, whatever its batch size: each chat gets one
+    digest for all of them, none is looked at one by one, and each next look is the one
+    after what was sent."""
+    count = 120
+    ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(count)]
+    clock = Clock(OPEN_SINCE)
+    job = ReminderPass(sessions, Tenants([PK]), now=clock, batch=25, in_sets_from=100)
+    assert (await job.run()).planned == count  # nothing due yet
+    clock.at = NOW  # the deadline has passed: escalation 0 of each, to every admin
+    report = await job.run()
+    assert (report.looked_at, report.sent, report.by_kind) == (0, count, {"overdue": count})
+    rows = await outbox_rows(sessions)
+    assert sorted(r.recipient for r in rows) == [str(a) for a in ADMINS]
+    for row in rows:
+        assert row.payload["text"].startswith(f"⏰ {count} reminders at once: {count} overdue")
+    async with sessions() as session:
+        claimed = list(await session.exec(select(ReminderSent)))
+    assert sorted(r.ticket_id for r in claimed) == ids
+    assert {(r.kind, r.anchor_at, r.slot, r.late) for r in claimed} == {
+        ("overdue", THU, "0", False)
+    }
+    for ticket_id in ids:
+        assert await next_look(sessions, ticket_id) == THU + timedelta(days=1)  # escalation 1
+    clock.at += timedelta(minutes=5)
+    assert (await job.run()).sent == 0
+
+
+@pytest.mark.parametrize("in_sets_from", [1, 10**9], ids=["in sets", "one by one"])
+async def test_a_ticket_that_may_have_expired_is_planned_alone(
+    sessions: SessionFactory, in_sets_from: int
+) -> None:
+    """A ticket awaiting verification whose expiry may have come is not claimed with the
+    planning in sets: planned alone, an expired one expires and sends nothing else (its
+    deadline's escalation included); one still short of its expiry gets its escalation."""
+    expired = await file_ticket(
+        sessions, PK, received=OPEN_SINCE, due_at=THU, status=TicketStatus.AWAITING_VERIFICATION
+    )
+    later = THU - timedelta(days=1)  # waiting since Wednesday: 5 business days not yet over
+    waiting = await file_ticket(
+        sessions, PK, received=later, due_at=THU, status=TicketStatus.AWAITING_VERIFICATION
+    )
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW), in_sets_from=in_sets_from)
+    report = await job.run()
+    assert report.by_kind == {"expire": 1, "overdue": 1}
+    async with sessions() as session:
+        claimed = sorted((r.ticket_id, r.kind) for r in await session.exec(select(ReminderSent)))
+    assert claimed == [(expired, "expire"), (waiting, "overdue")]
+    assert (await ticket_row(sessions, expired)).status == TicketStatus.EXPIRED
+    assert (await ticket_row(sessions, waiting)).status == TicketStatus.AWAITING_VERIFICATION
+
+
 async def test_a_ticket_that_breaks_the_bulk_statements_fails_alone(
     sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -954,7 +1010,9 @@ async def test_what_was_claimed_or_queued_before_is_not_sent_again(
     for ticket_id in ids:
         assert await next_look(sessions, ticket_id) == THU + timedelta(days=1)  # escalation 1
     async with transaction(sessions) as session:  # planned again: no next look changes
-        assert await job.plan_in_sets(session, store.Scope((PK.slug,)), NOW) == 0
+        again = PassReport()
+        assert await job.plan_in_sets(session, store.Scope((PK.slug,)), NOW, again)
+        assert (again.planned, again.sent) == (0, 0)
 
     async with transaction(sessions) as session:  # the claims lost, the messages kept
         await session.exec(sa.delete(ReminderSent.__table__))  # type: ignore[attr-defined]
@@ -1028,7 +1086,8 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
     with caplog.at_level(logging.INFO, logger="bot.reminders"):
         tenants = Tenants([earlier, other])
         report = await ReminderPass(sessions, tenants, now=clock, in_sets_from=in_sets_from).run()
-    assert (report.looked_at, report.sent) == (1, 1)  # the other tenant's ticket is left alone
+    # sent by the planning in sets, or looked at and sent; the other tenant's ticket is left alone
+    assert (report.looked_at, report.sent) == ((0, 1) if in_sets_from == 1 else (1, 1))
     assert await next_look(sessions, other_id) == other_planned
     assert "other-desk has a new reminder policy" not in caplog.text
     async with sessions() as session:
@@ -1065,7 +1124,9 @@ async def _due_without_locks(session: Any, *, now: datetime, limit: int) -> list
     return [ToPlan(*row) for row in result]
 
 
-@pytest.mark.parametrize("locking", ["skip-locked", "claims-only"])
+@pytest.mark.parametrize(
+    "locking", ["skip-locked", "claims-only", "in sets", "in sets and in batches"]
+)
 async def test_two_schedulers_on_one_postgres_send_each_reminder_exactly_once(
     postgres_url: str,
     locking: str,
@@ -1076,8 +1137,13 @@ async def test_two_schedulers_on_one_postgres_send_each_reminder_exactly_once(
     tickets at each of a series of moments; every reminder and escalation goes out once.
 
     "claims-only" takes away the row locks, so both passes work on the same tickets at the
-    same time and only the unique claim in `reminder_sent` stands between them.
+    same time and only the unique claim in `reminder_sent` stands between them. "in sets":
+    both claim what is due with their planning in sets (one waits for the other's);
+    "in sets and in batches": one does, the other takes the due tickets in batches.
     """
+    in_sets_from = {"in sets": (1, 1), "in sets and in batches": (1, 10**9)}.get(
+        locking, (10**9, 10**9)
+    )
     if locking == "claims-only":
         monkeypatch.setattr(store, "due_tickets", _due_without_locks)
     tenant = policy(reminders={"before": ["2 hours", "1 hour"], "overdue_every": "2 hours"})
@@ -1099,8 +1165,10 @@ async def test_two_schedulers_on_one_postgres_send_each_reminder_exactly_once(
                 )
         clock = Clock(base)
         jobs = [
-            ReminderPass(session_factory(engine), Tenants([tenant]), now=clock, batch=50)
-            for engine in engines
+            ReminderPass(
+                session_factory(engine), Tenants([tenant]), now=clock, batch=50, in_sets_from=n
+            )
+            for engine, n in zip(engines, in_sets_from, strict=True)
         ]
         moments = [base + timedelta(minutes=20 * step) for step in range(1, 19)]  # 6 hours
         sent = already = 0
@@ -1280,6 +1348,58 @@ async def test_the_clock_holds_open_tickets_only(empty_engine: AsyncEngine) -> N
     assert (await _clock_rows(engine))[2] == (3, None)
 
 
+async def test_claims_name_their_ticket_without_a_foreign_key(empty_engine: AsyncEngine) -> None:
+    """Migration 0017: a claim no longer has a foreign key to its ticket (checking it locked
+    and wrote each claimed ticket's row), and PostgreSQL's index of open tickets holds
+    their assignees. Downgraded, claims of tickets that are gone are deleted and the key
+    is back."""
+    engine = empty_engine
+    await migrate(engine, "0016")
+    insert = sa.text(_OLD_TICKET.format(extra="", extra_value="")).bindparams(
+        sa.bindparam("at", type_=UTCDateTime())
+    )
+    sent = ReminderSent.__table__  # type: ignore[attr-defined]
+
+    def claim(ticket_id: int) -> sa.Insert:
+        values = {"kind": "overdue", "anchor_at": THU, "slot": "0", "due_at": THU}
+        return sa.insert(sent).values(ticket_id=ticket_id, sent_at=NOW, late=False, **values)
+
+    async def keys() -> list[str]:
+        async with engine.connect() as connection:
+            found = await connection.run_sync(
+                lambda sync: sa.inspect(sync).get_foreign_keys("reminder_sent")
+            )
+        return [key["referred_table"] for key in found]
+
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert, {"ref": "TD-2026-00001", "seq": 1, "status": "open", "at": OPEN_SINCE}
+        )
+        await connection.execute(claim(1))
+    assert await keys() == ["ticket"]
+    with pytest.raises(sa.exc.IntegrityError):
+        async with engine.begin() as connection:
+            await connection.execute(claim(2))
+
+    await migrate(engine)
+    assert await keys() == []
+    async with engine.begin() as connection:
+        await connection.execute(claim(2))  # no ticket 2: the code never does this
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as connection:
+            definition = await connection.scalar(
+                sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_ticket_open_clock'")
+            )
+        assert "assignee_user_id" in definition
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_downgrade_to, "0016")
+    assert await keys() == ["ticket"]
+    async with engine.connect() as connection:
+        left = await connection.execute(sa.select(sent.c.ticket_id))
+        assert [row[0] for row in left] == [1]
+
+
 def _downgrade_to(connection: sa.Connection, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
@@ -1456,8 +1576,11 @@ async def test_a_plan_in_sets_never_overwrites_a_change_made_while_it_ran(
             await desk.flush()  # the clock row is now the desk's until it commits
 
             async def replan() -> int | None:
+                report = PassReport()
                 async with transaction(sessions) as session:
-                    return await job.plan_in_sets(session, store.Scope((PK.slug,)), OPEN_SINCE)
+                    scope = store.Scope((PK.slug,))
+                    ran = await job.plan_in_sets(session, scope, OPEN_SINCE, report)
+                return report.planned if ran else None
 
             planning = asyncio.create_task(replan())
             async with engine.connect() as watch:  # until the planning waits for the row
