@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 from calendar import monthrange
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from babel.dates import format_date, format_time
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -86,6 +87,9 @@ class ReminderKind(StrEnum):
     VERIFY_NUDGE = "verify_nudge"  # customer: please finish verifying
     REQUESTER_NUDGE = "requester_nudge"  # customer: we are waiting for your answer
     EXPIRE = "expire"  # unverified for too long: the ticket closes
+
+
+_KINDS = {str(kind): kind for kind in ReminderKind}
 
 
 # --- durations on the tenant's calendar -----------------------------------------------
@@ -481,15 +485,27 @@ def digest_line(ticket: AnyTicket, tenant: Tenant, item: Due, now: datetime) -> 
     return f"• {ticket.ref} ({_kind_name(ticket.kind)}): {due}; {who}"
 
 
-@dataclass(frozen=True, slots=True)
-class StaffReminder:
-    """A staff reminder or escalation, claimed and about to be queued: whose ticket, and
-    who has it (where a reminder before the deadline goes)."""
+class StaffReminder(NamedTuple):
+    """A staff reminder or escalation, claimed and about to be queued: whose ticket, who
+    has it (where a reminder before the deadline goes), and the reminder itself. A tuple,
+    not a `Due`: a catch-up makes tens of thousands, and reads `kind` and `anchor` of most."""
 
     ticket_id: int
     assignee_user_id: int | None
     tenant: Tenant
-    due: Due
+    kind: ReminderKind
+    anchor: datetime  # the ticket's deadline
+    slot: str
+    at: datetime
+    late: bool
+
+    @classmethod
+    def of(cls, ticket_id: int, assignee: int | None, tenant: Tenant, due: Due) -> StaffReminder:
+        return cls(ticket_id, assignee, tenant, due.kind, due.anchor, due.slot, due.at, due.late)
+
+    @property
+    def due(self) -> Due:
+        return Due(self.kind, self.anchor, self.slot, self.at, self.late)
 
 
 async def staff_queue(
@@ -503,7 +519,7 @@ async def staff_queue(
     # reminders that share tenant, kind and assignee share their recipients
     alike: dict[tuple[str, ReminderKind, int | None], list[StaffReminder]] = {}
     for reminder in reminders:
-        key = (reminder.tenant.slug, reminder.due.kind, reminder.assignee_user_id)
+        key = (reminder.tenant.slug, reminder.kind, reminder.assignee_user_id)
         alike.setdefault(key, []).append(reminder)
     recipients = {
         key: staff_recipients(items[0], items[0].tenant, key[1]) for key, items in alike.items()
@@ -512,11 +528,7 @@ async def staff_queue(
     for key, items in alike.items():
         for chat in recipients[key]:
             by_chat.setdefault((key[0], chat), []).extend(items)
-    bursts = {
-        key: sorted(items, key=_deadline_order)
-        for key, items in by_chat.items()
-        if len(items) > DIGEST_ABOVE
-    }
+    bursts = {key: items for key, items in by_chat.items() if len(items) > DIGEST_ABOVE}
     skip: dict[str, frozenset[int]] = {}  # each tenant's chats that get a digest
     for slug, chat in bursts:
         skip[slug] = skip.get(slug, _NONE) | {chat}
@@ -525,48 +537,53 @@ async def staff_queue(
         for key, chats in recipients.items()
         if not chats or any(chat not in skip.get(key[0], _NONE) for chat in chats)
     }
-    alone = [r for r in reminders if (r.tenant.slug, r.due.kind, r.assignee_user_id) in singly]
+    alone = [r for r in reminders if (r.tenant.slug, r.kind, r.assignee_user_id) in singly]
+    first = {  # what each digest names: its earliest deadlines
+        key: heapq.nsmallest(DIGEST_LINES, items, key=_deadline_order)
+        for key, items in bursts.items()
+    }
     named = {r.ticket_id for r in alone}
-    named.update(r.ticket_id for items in bursts.values() for r in items[:DIGEST_LINES])
+    named.update(r.ticket_id for items in first.values() for r in items)
     rows = await store.full_tickets(session, sorted(named))
     messages: list[store.Message] = []
     for r in alone:
         skipped = skip.get(r.tenant.slug, _NONE)
         messages.extend(staff_messages(rows[r.ticket_id], r.tenant, r.due, now, skip=skipped))
     for (slug, chat), items in bursts.items():
-        messages.append(_digest(slug, chat, items, rows, now))
+        messages.append(_digest(slug, chat, items, first[slug, chat], rows, now))
     return messages
 
 
 def _deadline_order(reminder: StaffReminder) -> tuple[datetime, int]:
     """Earliest deadline first (a staff reminder's anchor is its ticket's deadline)."""
-    return reminder.due.anchor, reminder.ticket_id
+    return reminder.anchor, reminder.ticket_id
 
 
 def _digest(
     slug: str,
     chat: int,
     items: list[StaffReminder],
+    first: list[StaffReminder],
     rows: dict[int, store.DueTicket],
     now: datetime,
 ) -> store.Message:
-    """One message for a burst of reminders to `chat`, `items` earliest deadline first;
-    its key is its first reminder's, which no other message to `chat` ever carries."""
-    overdue = sum(r.due.kind is ReminderKind.OVERDUE for r in items)
+    """One message for a burst of reminders to `chat`, naming the `first` by deadline; its
+    key is the earliest's, which no other message to `chat` ever carries."""
+    overdue = sum(r.kind is ReminderKind.OVERDUE for r in items)
     lines = [
         f"⏰ {len(items)} reminders at once: {overdue} overdue, "
         f"{len(items) - overdue} due soon. Earliest deadline first:",
-        *(digest_line(rows[r.ticket_id], r.tenant, r.due, now) for r in items[:DIGEST_LINES]),
+        *(digest_line(rows[r.ticket_id], r.tenant, r.due, now) for r in first),
     ]
-    if len(items) > DIGEST_LINES:
-        lines.append(f"…and {len(items) - DIGEST_LINES} more: /overdue and /tickets list them.")
+    if len(items) > len(first):
+        lines.append(f"…and {len(items) - len(first)} more: /overdue and /tickets list them.")
     return store.Message(
         channel=Channel.TELEGRAM,
         recipient=str(chat),
         payload={"text": "\n".join(lines)},
         tenant=slug,
         ticket_id=None,  # several tickets
-        dedupe_key="clock:digest" + _key(items[0].ticket_id, items[0].due, chat)[len("clock") :],
+        dedupe_key="clock:digest" + _key(first[0].ticket_id, first[0].due, chat)[len("clock") :],
     )
 
 
@@ -698,7 +715,7 @@ class ReminderPass:
                     if not tenant.pause_while_awaiting_requester:
                         found.extend(plan_group(group, tenant, now, self.late_after))
                 planned = await store.plan_groups(session, scope, found, now=now, claim=True)
-                reminders = [self._claimed(item) for item in planned.claimed]
+                reminders = self._claimed(planned.claimed)
                 await store.queue(session, await staff_queue(session, reminders, now))
         except Exception as error:  # the ticket-at-a-time pass plans them all the same, slower
             log.error(  # its message quotes the rows (texts, names): the type only
@@ -707,14 +724,25 @@ class ReminderPass:
             return False
         done.planned = planned.written
         for reminder in reminders:
-            done.count_sent(reminder.due.kind)
+            done.count_sent(reminder.kind)
         report.add(done)
         return True
 
-    def _claimed(self, item: store.Claimed) -> StaffReminder:
-        due = Due(ReminderKind(item.kind), item.anchor_at, item.slot, item.due_at, item.late)
-        tenant = self.tenants.by_slug(item.tenant)
-        return StaffReminder(item.ticket_id, item.assignee_user_id, tenant, due)
+    def _claimed(self, claimed: list[store.Claimed]) -> list[StaffReminder]:
+        tenants = {slug: self.tenants.by_slug(slug) for slug in {c.tenant for c in claimed}}
+        return [
+            StaffReminder(
+                c.ticket_id,
+                c.assignee_user_id,
+                tenants[c.tenant],
+                _KINDS[c.kind],
+                c.anchor_at,
+                c.slot,
+                c.due_at,
+                c.late,
+            )
+            for c in claimed
+        ]
 
     async def adopt_policies(self, now: datetime, report: PassReport | None = None) -> None:
         """Once per process, before its first pass: the open tickets of the tenants whose
@@ -864,7 +892,7 @@ class ReminderPass:
                     report.already_sent += 1
                     continue
                 reminders.append(
-                    StaffReminder(ticket.id, ticket.assignee_user_id, item.tenant, due)
+                    StaffReminder.of(ticket.id, ticket.assignee_user_id, item.tenant, due)
                 )
                 report.count_sent(due.kind)
         await store.queue(session, await staff_queue(session, reminders, now))

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -652,7 +652,7 @@ class _Place(sa.types.UserDefinedType[Any]):
 _PLAN = sa.Table(  # each ticket's plan, worked out once for the claims and the looks
     "clock_plan",
     sa.MetaData(),
-    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("id", sa.Integer),
     sa.Column("version", sa.BigInteger),  # the clock row as read (PostgreSQL)
     sa.Column("place", _Place),
     sa.Column("tenant", sa.Text),
@@ -676,8 +676,7 @@ _PLACE = "{}.ctid"
 _WORK_MEM = "64MB"
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A staff reminder claimed in sets (`plan_groups` with `claim`): its key, its time,
     and the ticket's tenant and assignee, which say where it goes."""
 
@@ -739,8 +738,6 @@ async def plan_groups(
     await connection.execute(
         sa.insert(_PLAN).from_select(list(planned.selected_columns.keys()), planned)
     )
-    if postgres:
-        await connection.exec_driver_sql("ANALYZE clock_plan")
     claimed = await _claim(connection, now) if claim else []
     result = await connection.execute(_looks(postgres))
     written = result.rowcount
@@ -780,19 +777,39 @@ async def _claim(connection: AsyncConnection, now: datetime) -> list[Claimed]:
     ours = {ticket_id for (ticket_id,) in await connection.execute(insert)}
     if not ours:
         return []
+    # times as stored, each distinct one converted once: tickets share deadlines (most end
+    # a local day) and a piece's reminder time (SQLite parses each from text otherwise)
+    dialect = connection.dialect
+    process = _NEXT_TYPE.dialect_impl(dialect).result_processor(dialect, None) or _same
+    times: dict[Any, datetime] = {}
+
+    def when(stored: Any) -> datetime:
+        found = times.get(stored)
+        if found is None:
+            found = times[stored] = process(stored)
+        return found
+
     rows = await connection.execute(
         sa.select(
             plan.id,
             plan.reminder_kind,
-            plan.due_at,
+            sa.type_coerce(plan.due_at, sa.types.NullType),
             plan.reminder_slot,
-            plan.reminder_at,
+            sa.type_coerce(plan.reminder_at, sa.types.NullType),
             plan.reminder_late,
             plan.tenant,
             plan.assignee_user_id,
         ).where(plan.claim)
     )
-    return [_claimed(row) for row in rows if row[0] in ours]
+    return [
+        Claimed(ticket_id, kind, when(anchor), slot, when(at), late, tenant, assignee)
+        for ticket_id, kind, anchor, slot, at, late, tenant, assignee in rows
+        if ticket_id in ours
+    ]
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _looks(postgres: bool) -> sa.Update:
@@ -809,12 +826,6 @@ def _looks(postgres: bool) -> sa.Update:
             plan.version == sa.literal_column(_VERSION.format(_CLOCK.name)),
         )
     return update
-
-
-def _claimed(row: Sequence[Any]) -> Claimed:
-    """A claim as returned, with its ticket's tenant and assignee."""
-    ticket_id, kind, anchor_at, slot, due_at, late, tenant, assignee = row
-    return Claimed(ticket_id, kind, anchor_at, slot, due_at, late, tenant, assignee)
 
 
 def _piece_row(item: Piece) -> dict[str, Any]:
