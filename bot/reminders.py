@@ -446,7 +446,7 @@ def customer_date(moment: datetime, tenant: Tenant, language: str) -> str:
     return text
 
 
-def customer_language(ticket: Ticket, tenant: Tenant) -> str:
+def customer_language(ticket: AnyTicket, tenant: Tenant) -> str:
     if ticket.language in LANGUAGES and ticket.language in tenant.languages:
         return ticket.language
     return tenant.default_language
@@ -590,6 +590,7 @@ def _digest(
 # --- the pass --------------------------------------------------------------------------
 
 STAFF_KINDS = frozenset({ReminderKind.BEFORE, ReminderKind.OVERDUE})
+NUDGES = frozenset({ReminderKind.VERIFY_NUDGE, ReminderKind.REQUESTER_NUDGE})
 
 
 @dataclass
@@ -625,12 +626,15 @@ class _Planned:
 
 
 @dataclass(frozen=True, slots=True)
-class _ToStaff:
-    """A ticket whose reminders due now all go to staff: claimed and queued with its batch."""
+class _InBulk:
+    """A ticket whose reminders due now go to staff, or nudge a customer who can be written
+    to now: claimed and queued with its batch."""
 
     ticket: store.ToPlan
     tenant: Tenant
     todo: Plan
+    row: store.DueTicket | None  # a nudge's: the ticket's columns,
+    contact: store.Contact | None  # and where its customer talks to the bot
 
 
 @dataclass
@@ -805,33 +809,42 @@ class ReminderPass:
                 planned.append(_Planned(ticket.id, tenant, todo))
             else:
                 quiet[ticket.id] = todo.next_at or store.NEVER
-        staff_only: list[_Planned] = []
+        bulk: list[_Planned] = []
         for item in await self._not_sent_yet(session, planned, report):
             if not item.todo.due:
                 quiet[item.ticket_id] = item.todo.next_at or store.NEVER
-            elif all(due.kind in STAFF_KINDS for due in item.todo.due):
-                staff_only.append(item)
+            elif all(due.kind in STAFF_KINDS or due.kind in NUDGES for due in item.todo.due):
+                bulk.append(item)
             else:
                 alone.append(item.ticket_id)  # `_alone` reads its ORM row itself
         by_id = {ticket.id: ticket for ticket in tickets}
-        to_staff = [_ToStaff(by_id[item.ticket_id], item.tenant, item.todo) for item in staff_only]
-        if to_staff:
+        nudged = {i.ticket_id for i in bulk if any(d.kind in NUDGES for d in i.todo.due)}
+        rows = await store.full_tickets(session, sorted(nudged))
+        reach = await store.contacts(session, list(rows.values()))
+        to_bulk: list[_InBulk] = []
+        for item in bulk:
+            row, contact = rows.get(item.ticket_id), reach.get(item.ticket_id)
+            if item.ticket_id in nudged and (
+                row is None or not _reachable(row, item.tenant, contact, now)
+            ):
+                alone.append(item.ticket_id)  # held for the window, or to be looked for
+                continue
+            to_bulk.append(_InBulk(by_id[item.ticket_id], item.tenant, item.todo, row, contact))
+        if to_bulk:
             done = PassReport()
             try:
                 async with session.begin_nested():
-                    await self._to_staff_in_bulk(session, to_staff, now, done)
+                    await self._in_bulk(session, to_bulk, now, done)
             except Exception as error:  # its message quotes the rows (texts, names): type only
                 log.warning(
                     "clock: bulk reminders for %d tickets failed (%s); one ticket at a time",
-                    len(to_staff),
+                    len(to_bulk),
                     type(error).__name__,
                 )
-                alone.extend(item.ticket.id for item in to_staff)
+                alone.extend(item.ticket.id for item in to_bulk)
             else:
                 report.add(done)
-                quiet.update(
-                    (item.ticket.id, item.todo.next_at or store.NEVER) for item in to_staff
-                )
+                quiet.update((item.ticket.id, item.todo.next_at or store.NEVER) for item in to_bulk)
         for ticket_id in sorted(alone):
             older.pop(ticket_id, None)  # `_act` keeps its summary itself
             await self._alone(session, by_id[ticket_id], now, report, quiet)
@@ -873,29 +886,33 @@ class ReminderPass:
             kept.append(_Planned(item.ticket_id, item.tenant, todo))
         return kept
 
-    async def _to_staff_in_bulk(
-        self, session: AsyncSession, to_staff: list[_ToStaff], now: datetime, report: PassReport
+    async def _in_bulk(
+        self, session: AsyncSession, to_bulk: list[_InBulk], now: datetime, report: PassReport
     ) -> None:
-        """Claim every reminder of the batch in one INSERT, queue the claimed ones in another
-        (a burst to one chat as a digest)."""
+        """Claim every reminder and nudge of the batch in one INSERT, queue the claimed ones
+        in another (a burst to one staff chat as a digest)."""
         claims = [
             store.Claim(item.ticket.id, due.kind, due.anchor, due.slot, due.at, due.late)
-            for item in to_staff
+            for item in to_bulk
             for due in item.todo.due
         ]
         claimed = await store.claim_many(session, claims, now=now)
         reminders: list[StaffReminder] = []
-        for item in to_staff:
+        messages: list[store.Message] = []
+        for item in to_bulk:
             ticket = item.ticket
             for due in item.todo.due:
                 if (ticket.id, due.kind, due.anchor, due.slot) not in claimed:
                     report.already_sent += 1
                     continue
-                reminders.append(
-                    StaffReminder.of(ticket.id, ticket.assignee_user_id, item.tenant, due)
-                )
                 report.count_sent(due.kind)
-        await store.queue(session, await staff_queue(session, reminders, now))
+                if due.kind in STAFF_KINDS:
+                    assignee = ticket.assignee_user_id
+                    reminders.append(StaffReminder.of(ticket.id, assignee, item.tenant, due))
+                else:
+                    assert item.row is not None and item.contact is not None
+                    messages.append(nudge_message(item.row, item.tenant, due, item.contact))
+        await store.queue(session, [*await staff_queue(session, reminders, now), *messages])
 
     async def _alone(
         self,
@@ -996,14 +1013,7 @@ class ReminderPass:
         elif item.kind is ReminderKind.EXPIRE:
             await expire(session, ticket, tenant, now=now)
         else:
-            message = VERIFY_NUDGE if item.kind is ReminderKind.VERIFY_NUDGE else REQUESTER_NUDGE
-            language = customer_language(ticket, tenant)
-            expires = add_duration(
-                item.anchor, tenant.unverified_expire_after, tenant_calendar(tenant)
-            )
-            text = translate(
-                language, message, ref=ticket.ref, date=customer_date(expires, tenant, language)
-            )
+            text = nudge_text(ticket, tenant, item)
             await tell_customer(
                 session, ticket, tenant, text, key=_key(ticket.id, item, "customer"), now=now
             )
@@ -1058,6 +1068,48 @@ def staff_messages(
             )
         )
     return messages
+
+
+def nudge_text(ticket: AnyTicket, tenant: Tenant, item: Due) -> str:
+    """A nudge in the customer's language: which request waits for them (and, while they
+    are unverified, when it closes)."""
+    message = VERIFY_NUDGE if item.kind is ReminderKind.VERIFY_NUDGE else REQUESTER_NUDGE
+    language = customer_language(ticket, tenant)
+    expires = add_duration(item.anchor, tenant.unverified_expire_after, tenant_calendar(tenant))
+    return translate(
+        language, message, ref=ticket.ref, date=customer_date(expires, tenant, language)
+    )
+
+
+def _reachable(
+    ticket: store.DueTicket, tenant: Tenant, contact: store.Contact | None, now: datetime
+) -> bool:
+    """Whether a message to the requester can be queued as it is, now (`tell_customer`
+    does the rest: another address, holding it for WhatsApp's window, or logging why not)."""
+    if contact is None:
+        return False
+    if ticket.channel != Channel.WHATSAPP:
+        return True
+    last = contact.last.at
+    return bool(tenant.channels.whatsapp_numbers) and (last is None or now - last < WINDOW)
+
+
+def nudge_message(
+    ticket: store.DueTicket, tenant: Tenant, item: Due, contact: store.Contact
+) -> store.Message:
+    """A nudge to a requester who can be written to now (`_reachable`), as `tell_customer`
+    would queue it."""
+    payload: dict[str, Any] = {"text": nudge_text(ticket, tenant, item)}
+    if ticket.channel == Channel.WHATSAPP:
+        payload["from"] = _business_number(tenant, contact.last.written_to)
+    return store.Message(
+        channel=ticket.channel,
+        recipient=contact.address,
+        payload=payload,
+        tenant=tenant.slug,
+        ticket_id=ticket.id,
+        dedupe_key=_key(ticket.id, item, "customer"),
+    )
 
 
 async def tell_customer(

@@ -495,6 +495,43 @@ async def last_contact(session: AsyncSession, ticket: Ticket, address: str) -> L
     return LastContact() if row is None else LastContact(row[0], row[1])
 
 
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Where a requester talks to the bot on a ticket's channel, and when they last wrote."""
+
+    address: str
+    last: LastContact
+
+
+async def contacts(session: AsyncSession, tickets: Sequence[DueTicket]) -> dict[int, Contact]:
+    """`customer_address` and `last_contact` for many tickets at once: the conversation
+    each requester last used on the ticket's channel with this business. A ticket whose
+    requester has none is left out (`customer_address` then looks further)."""
+    wanted = {(t.requester_id, t.channel, t.tenant) for t in tickets if t.requester_id}
+    if not wanted:
+        return {}
+    conversation = Conversation.__table__.c  # type: ignore[attr-defined]
+    connection = await session.connection()
+    rows = await connection.execute(
+        sa.select(
+            conversation.requester_id,
+            conversation.channel,
+            conversation.tenant,
+            conversation.address,
+            conversation.last_inbound_at,
+            conversation.written_to,
+        )
+        .where(conversation.requester_id.in_({key[0] for key in wanted}))
+        .order_by(conversation.updated_at, conversation.id)  # the last one wins
+    )
+    latest = {
+        (requester, channel, tenant): Contact(address, LastContact(at, written_to))
+        for requester, channel, tenant, address, at, written_to in rows
+    }
+    found = {t.id: latest.get((t.requester_id, t.channel, t.tenant)) for t in tickets}
+    return {ticket_id: contact for ticket_id, contact in found.items() if contact is not None}
+
+
 # --- planning in sets -------------------------------------------------------------------
 
 
@@ -544,16 +581,20 @@ class Scope:
             return unplanned
         return sa.or_(unplanned, clock.c.next_at <= self.due)
 
-    def ids(self) -> sa.Select[tuple[int]]:
+    def ids(self) -> sa.Select[tuple[int]] | sa.CompoundSelect[tuple[int]]:
         """Their ids, found on an index."""
         if self.tenants is None:
-            # by the index even among NULLs (SQLite's statistics prefer a scan otherwise)
-            unplanned = (
-                sa.select(_CLOCK.c.ticket_id)
-                .where(self._looked_at(_CLOCK))
-                .order_by(_CLOCK.c.next_at)
-            )
-            return unplanned.correlate(None)  # a list of its own, whatever encloses it
+            # each range by the index, even among NULLs (SQLite's statistics prefer a scan
+            # otherwise; with OR, both databases walked the whole index when few were due)
+            wanted = [_CLOCK.c.next_at.is_(None)]
+            if self.due is not None:
+                wanted.append(_CLOCK.c.next_at <= self.due)
+            ranges = [
+                sa.select(_CLOCK.c.ticket_id).where(where).order_by(_CLOCK.c.next_at).subquery()
+                for where in wanted
+            ]
+            found = [sa.select(part.c.ticket_id).correlate(None) for part in ranges]
+            return found[0] if len(found) == 1 else sa.union_all(*found)
         tenants = sa.select(_TICKET.c.id).where(_TICKET.c.tenant.in_(self.tenants), ACTIVE_SQL)
         return tenants.correlate(None)
 
@@ -856,11 +897,17 @@ def _facts(scope: Scope, postgres: bool) -> Any:
     # the clock row's version as this statement read it, and where (PostgreSQL)
     version = sa.literal_column(_VERSION.format(_READ.name)) if postgres else sa.null()
     place = sa.literal_column(_PLACE.format(_READ.name)) if postgres else sa.null()
+    current = (  # the next look as it is (SQLite: found by the ticket's id)
+        _READ.c.next_at
+        if postgres
+        else sa.select(_CLOCK.c.next_at).where(_CLOCK.c.ticket_id == _TICKET.c.id).scalar_subquery()
+    )
     facts_query = scope.select(
         postgres,
         _TICKET.c.id,
         version.label("version"),
         place.label("place"),
+        current.label("current"),
         _TICKET.c.tenant,
         _TICKET.c.status,
         _TICKET.c.due_at,
@@ -932,20 +979,30 @@ def _planned(scope: Scope, now: datetime, postgres: bool, claim: bool) -> sa.Sel
     ]
     earliest = sa.func.least(*looks) if postgres else sa.func.min(*looks)
     next_at = sa.type_coerce(sa.case((facts.kept, earliest)), _NEXT_TYPE)
-    return sa.select(
-        facts.id,
-        facts.version,
-        facts.place,
-        facts.tenant,
-        facts.assignee_user_id,
-        facts.due_at,
-        piece.reminder_kind,
-        piece.reminder_slot,
-        piece.reminder_at,
-        piece.reminder_late,
-        sa.and_(goes, ~_sent(facts)).label("claim") if claim else sa.false().label("claim"),
-        next_at.label("next_at"),
-    ).join_from(facts.id.table, _PIECE, _piece_of(facts))
+    every = (
+        sa.select(
+            facts.id,
+            facts.version,
+            facts.place,
+            facts.tenant,
+            facts.assignee_user_id,
+            facts.due_at,
+            piece.reminder_kind,
+            piece.reminder_slot,
+            piece.reminder_at,
+            piece.reminder_late,
+            sa.and_(goes, ~_sent(facts)).label("claim") if claim else sa.false().label("claim"),
+            next_at.label("next_at"),
+            facts.current,
+        )
+        .join_from(facts.id.table, _PIECE, _piece_of(facts))
+        .offset(0 if postgres else None)  # each look worked out once (PostgreSQL)
+        .subquery("every")
+    ).c
+    # only what is claimed or changes: after a policy change, a few in a hundred
+    return sa.select(*(every[column.name] for column in _PLAN.c)).where(
+        sa.or_(every.claim, every.current.is_distinct_from(every.next_at))
+    )
 
 
 def _plus(moment: Any, seconds: Any, postgres: bool) -> Any:

@@ -605,6 +605,59 @@ async def test_a_customer_hears_from_the_number_they_wrote_to(
     assert nudge.payload["from"] == sent_from
 
 
+async def test_nudges_of_a_batch_go_in_bulk_unless_the_window_has_closed(
+    engine: AsyncEngine, sessions: SessionFactory
+) -> None:
+    """Customers waiting 23 hours are nudged with the batch's bulk statements, from the
+    number they wrote to; one whose last message is more than 24 hours old is handled on
+    its own: the nudge is held and the approved template invites them back."""
+    template = "HX" + "cd" * 16
+    tenant = policy(
+        channels={"whatsapp_numbers": ["+14155230001", "+971501230002"]},
+        whatsapp_templates={"update": template},
+    )
+    since = NOW - timedelta(hours=23, minutes=30)
+    ids = [
+        await file_ticket(
+            sessions,
+            tenant,
+            received=since,
+            due_at=THU + timedelta(days=30),
+            status=TicketStatus.AWAITING_REQUESTER,
+            channel="whatsapp",
+            address=f"whatsapp:+9715511122{n:02d}",
+            written_to="whatsapp:+971501230002",
+            last_inbound=since - timedelta(hours=7) if n == 0 else since,
+        )
+        for n in range(12)
+    ]
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    job = ReminderPass(sessions, Tenants([tenant]), now=Clock(NOW))
+    await job.adopt_policies(NOW)
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        report = await job.run()
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert (report.sent, report.by_kind) == (12, {"requester_nudge": 12})
+    rows = await outbox_rows(sessions)
+    (held,) = [r for r in rows if r.status == "held"]
+    assert held.ticket_id == ids[0] and held.recipient == "whatsapp:+971551112200"
+    (invitation,) = [r for r in rows if "content_sid" in r.payload]
+    assert invitation.recipient == held.recipient and invitation.status == "pending"
+    nudged = [r for r in rows if r not in (held, invitation)]
+    assert sorted(r.ticket_id for r in nudged) == ids[1:]
+    for row in nudged:
+        assert row.status == "pending" and row.payload["from"] == "whatsapp:+971501230002"
+        assert row.payload["text"].startswith("Your request TD-2026-000")
+    # the eleven in bulk cost a handful of statements; the held one costs its own few
+    assert len(statements) <= 30, statements
+
+
 async def test_a_requester_who_is_asked_something_is_nudged_once(sessions: SessionFactory) -> None:
     clock = Clock(OPEN_SINCE)
     ticket_id = await file_ticket(
