@@ -595,8 +595,8 @@ NUDGES = frozenset({ReminderKind.VERIFY_NUDGE, ReminderKind.REQUESTER_NUDGE})
 
 @dataclass
 class PassReport:
-    planned: int = 0  # planned in sets (those with a reminder due are then looked at too)
-    looked_at: int = 0  # looked at one by one: something due, or not plannable in sets
+    planned: int = 0  # next looks written in sets (staff reminders due claimed with them)
+    looked_at: int = 0  # looked at one by one: left due by the sets, or not plannable in sets
     sent: int = 0
     already_sent: int = 0
     failed: int = 0
@@ -641,18 +641,19 @@ class _InBulk:
 class ReminderPass:
     """One look at every ticket whose time has come: claim, send, plan the next look.
 
-    Many unplanned tickets are first planned in sets (`plan_in_sets`): those with a
-    reminder due now come out of it due now, and are then looked at like the others.
-    Tickets are taken in batches, each batch in one transaction with its rows locked
-    (SKIP LOCKED on PostgreSQL). The database works out each ticket's planning facts from
-    its row (`store.ToPlan`, no history read) and the whole batch is planned in Python
-    first; one read then drops the reminders already sent (after a policy change, most of
-    what is due), and only tickets left with something to send are read in full. Reminders
-    and escalations to staff, most of what a pass sends, are claimed with one INSERT and
-    queued with another for the batch; every ticket's next look is one UPDATE. A ticket
-    that writes to its customer, changes its own row (expiry, a stopped clock), or belongs
-    to a batch whose bulk statements failed is handled alone inside a savepoint: one broken
-    ticket is logged and retried later without holding back the others.
+    Many unplanned or due tickets (`in_sets_from`) are first planned in sets
+    (`plan_in_sets`), and the reminders to staff those plans have due now are claimed and
+    queued with them, one digest per chat. The rest are taken in batches, each batch in
+    one transaction with its rows locked (SKIP LOCKED on PostgreSQL). The database works
+    out each ticket's planning facts from its row (`store.ToPlan`, no history read) and
+    the whole batch is planned in Python first; one read then drops the reminders already
+    sent (after a policy change, most of what is due). Reminders and escalations to staff,
+    and nudges to customers who can be written to now, are claimed with one INSERT and
+    queued with another for the batch (only the tickets a message names are read in
+    full); every ticket's next look is one UPDATE. A ticket that changes its own row
+    (expiry, a stopped clock), whose nudge must wait for WhatsApp's window, or that belongs
+    to a batch whose bulk statements failed is handled alone inside a savepoint: one
+    broken ticket is logged and retried later without holding back the others.
     """
 
     sessions: SessionFactory
@@ -732,7 +733,7 @@ class ReminderPass:
         report.add(done)
         return True
 
-    def _claimed(self, claimed: list[store.Claimed]) -> list[StaffReminder]:
+    def _claimed(self, claimed: list[store.Claim]) -> list[StaffReminder]:
         tenants = {slug: self.tenants.by_slug(slug) for slug in {c.tenant for c in claimed}}
         return [
             StaffReminder(

@@ -334,9 +334,10 @@ async def sent_keys(
     return {(row[0], row[1], row[2], row[3]) for row in rows}
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A reminder about to be sent: (ticket_id, kind, anchor_at, slot) is its identity."""
+class Claim(NamedTuple):
+    """A reminder about to be sent, or claimed: (ticket_id, kind, anchor_at, slot) is its
+    identity. One claimed in sets (`plan_groups`) also says where it goes: its ticket's
+    tenant and assignee."""
 
     ticket_id: int
     kind: str
@@ -344,6 +345,8 @@ class Claim:
     slot: str
     due_at: datetime
     late: bool
+    tenant: str = ""
+    assignee_user_id: int | None = None
 
 
 async def claim_many(
@@ -717,26 +720,12 @@ _PLACE = "{}.ctid"
 _WORK_MEM = "64MB"
 
 
-class Claimed(NamedTuple):
-    """A staff reminder claimed in sets (`plan_groups` with `claim`): its key, its time,
-    and the ticket's tenant and assignee, which say where it goes."""
-
-    ticket_id: int
-    kind: str
-    anchor_at: datetime
-    slot: str
-    due_at: datetime
-    late: bool
-    tenant: str
-    assignee_user_id: int | None
-
-
 @dataclass(frozen=True, slots=True)
 class Planned:
     """What `plan_groups` did: how many next looks it changed, the reminders it claimed."""
 
     written: int
-    claimed: list[Claimed]
+    claimed: list[Claim]
 
 
 async def plan_groups(
@@ -752,7 +741,7 @@ async def plan_groups(
     them). The pieces, and then each ticket's plan, are worked out into scratch tables.
 
     With `claim`, the reminders the plans have due now are first claimed in one INSERT
-    (`Claimed`, for the caller to queue in the same transaction), and the next look is the
+    (`Claim`, for the caller to queue in the same transaction), and the next look is the
     one after them. Not those of a ticket whose expiry may have come (its plan may be to
     expire, and nothing else): its look is now, for the pass to make alone. Claims come
     before looks, as in a batch (`claim_many`, then `set_next`): two passes meet on a
@@ -792,7 +781,7 @@ async def plan_groups(
 _CLAIM_COLUMNS = ["ticket_id", "kind", "anchor_at", "slot", "due_at", "sent_at", "late"]
 
 
-async def _claim(connection: AsyncConnection, now: datetime) -> list[Claimed]:
+async def _claim(connection: AsyncConnection, now: datetime) -> list[Claim]:
     """Claim the reminders the plans say go now (one INSERT), and return them as claimed
     with their owners: a claim another process holds is not ours to send."""
     plan = _PLAN.c
@@ -843,7 +832,7 @@ async def _claim(connection: AsyncConnection, now: datetime) -> list[Claimed]:
         ).where(plan.claim)
     )
     return [
-        Claimed(ticket_id, kind, when(anchor), slot, when(at), late, tenant, assignee)
+        Claim(ticket_id, kind, when(anchor), slot, when(at), late, tenant, assignee)
         for ticket_id, kind, anchor, slot, at, late, tenant, assignee in rows
         if ticket_id in ours
     ]
