@@ -786,7 +786,8 @@ def render(results: list[dict[str, Any]]) -> str:
                              sp["new_policy_seconds"], "", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
             if "day_later_seconds" in sp:
                 rows.append((db, f"scheduler pass, a day's work at once: {sp['day_later_sent']:,} "
-                             f"sent of {sp['day_later_looked_at']:,} tickets (s)",
+                             f"sent; {sp['day_later_planned_in_sets'] or 0:,} planned in sets, "
+                             f"{sp['day_later_looked_at']:,} one by one (s)",
                              sp["day_later_seconds"], "", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
         if serve:
             rows.append((db, "serve RSS after first pass + list (MB)", serve.get("rss_mb"),
