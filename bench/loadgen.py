@@ -8,6 +8,7 @@ server; then types the next. Used by `bench.webhooks` and `bench.peer_fides`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import re
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiosmtpd.controller import Controller
 
+from bench.common import summary_ms
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.twilio_api import FakeTwilio, inbound_whatsapp_form, sign_twilio_request
 from tests.processes import free_port
@@ -137,11 +139,78 @@ class Customer:
         return text
 
 
+class LoopWatch:
+    """The driver's own stalls, which a webhook's measured latency includes: how late a
+    short sleep on the driver's loop wakes, and how long its garbage collections take.
+
+    with LoopWatch() as watch: …; watch.summary()
+    """
+
+    TICK = 0.005  # seconds
+
+    def __init__(self) -> None:
+        self.late: list[float] = []
+        self.gc_pauses: list[float] = []
+        self._gc_started = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.TICK)
+            self.late.append(max(0.0, loop.time() - before - self.TICK))
+
+    def __enter__(self) -> LoopWatch:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+        if self._task is not None:
+            self._task.cancel()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tick_late": summary_ms(self.late),
+            "gc_pauses": summary_ms(self.gc_pauses),
+            "gc_total_ms": round(sum(self.gc_pauses) * 1000, 1),
+        }
+
+
+def slow_seconds(
+    at: list[float], latencies: list[float], *, over: float = 0.05, top: int = 5
+) -> list[dict[str, Any]]:
+    """The seconds (from the first send) with the most webhooks slower than `over`."""
+    if not at:
+        return []
+    first = min(at)
+    slow: Counter[int] = Counter()
+    worst: dict[int, float] = {}
+    for sent, latency in zip(at, latencies, strict=True):
+        if latency > over:
+            second = int(sent - first)
+            slow[second] += 1
+            worst[second] = max(worst.get(second, 0.0), latency)
+    return [
+        {"second": s, "slower": n, "max_ms": round(worst[s] * 1000, 1)}
+        for s, n in slow.most_common(top)
+    ]
+
+
 @dataclass
 class Stats:
     """What the customers saw."""
 
     webhook: list[float] = field(default_factory=list)  # POST answered (seconds)
+    webhook_at: list[float] = field(default_factory=list)  # when each of those was sent
     reply: list[float] = field(default_factory=list)  # POST sent -> bot's answer at Twilio
     code_mail: list[float] = field(default_factory=list)  # email sent -> code at SMTP
     lag: list[float] = field(default_factory=list)  # open loop: send later than planned
@@ -200,6 +269,7 @@ class Customers:
             stats.errors[type(exc).__name__] += 1
             return None
         stats.webhook.append(time.perf_counter() - started)
+        stats.webhook_at.append(started)
         stats.sent += 1
         return started if response.status == 200 else None
 

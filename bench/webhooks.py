@@ -54,6 +54,7 @@ from bench.common import (
 from bench.loadgen import (
     JOO,
     Customers,
+    LoopWatch,
     MailBox,
     RecordingTelegram,
     RecordingTwilio,
@@ -61,6 +62,7 @@ from bench.loadgen import (
     blast,
     closed_loop,
     open_loop,
+    slow_seconds,
 )
 from storage.inbound import Journal
 from tests.fakes.twilio_api import inbound_whatsapp_form, sign_twilio_request
@@ -278,7 +280,8 @@ async def _phases(
     stats = Stats()
     profile = _profile(args, pid, args.duration, f"{kind}-open")
     cpu0, driver0 = cpu_seconds(pid), self_cpu_seconds()
-    elapsed = await open_loop(customers, args.rate, args.duration, stats)
+    with LoopWatch() as watch:
+        elapsed = await open_loop(customers, args.rate, args.duration, stats)
     cpu1, driver1 = cpu_seconds(pid), self_cpu_seconds()
     out["open_loop"] = {
         "offered_per_s": args.rate,
@@ -289,6 +292,8 @@ async def _phases(
         "answer_latency": summary_ms(stats.reply),
         "code_mail_latency": summary_ms(stats.code_mail),
         "send_lag": summary_ms(stats.lag),
+        "driver_stalls": watch.summary(),
+        "slow_seconds": slow_seconds(stats.webhook_at, stats.webhook),
         "no_answer": stats.no_reply,
         "errors": dict(stats.errors),
         "conversations_finished": dict(stats.conversations),
