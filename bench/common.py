@@ -7,6 +7,7 @@ loopback addresses only, and bounds every loop by a count and a deadline.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -129,6 +130,22 @@ def timed(into: list[float]) -> Iterator[None]:
 
 
 # --- processes ---------------------------------------------------------------------------
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The driver's own cyclic garbage collector off while a phase is measured (a collection
+    before and after): its pauses (up to 0.24 s with the fakes' records, session 13) count in
+    every latency measured across them. pyperf and timeit turn it off the same way."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
 
 
 def rss_mb(pid: int) -> float | None:

@@ -35,6 +35,7 @@ import asyncpg
 
 from bench.common import (
     ROOT,
+    collector_paused,
     cpu_seconds,
     create_pg_database,
     drop_pg_database,
@@ -280,7 +281,7 @@ async def _phases(
     stats = Stats()
     profile = _profile(args, pid, args.duration, f"{kind}-open")
     cpu0, driver0 = cpu_seconds(pid), self_cpu_seconds()
-    with LoopWatch() as watch:
+    with collector_paused(), LoopWatch() as watch:
         elapsed = await open_loop(customers, args.rate, args.duration, stats)
     cpu1, driver1 = cpu_seconds(pid), self_cpu_seconds()
     out["open_loop"] = {
@@ -312,7 +313,8 @@ async def _phases(
     stats = Stats()
     profile = _profile(args, pid, args.duration, f"{kind}-closed")
     cpu0 = cpu_seconds(pid)
-    elapsed = await closed_loop(customers, args.concurrency, args.duration, stats)
+    with collector_paused():
+        elapsed = await closed_loop(customers, args.concurrency, args.duration, stats)
     cpu1 = cpu_seconds(pid)
     answered = len(stats.reply)
     filing = sum(n for s, n in stats.conversations.items())
@@ -336,7 +338,8 @@ async def _phases(
     # 3. webhook acceptance alone (what each accepted message causes runs meanwhile)
     latencies: list[float] = []
     post = _poster(http, base, twilio.auth_token, 1)
-    ok, elapsed = await blast(post, args.blast_concurrency, args.blast_duration, latencies)
+    with collector_paused():
+        ok, elapsed = await blast(post, args.blast_concurrency, args.blast_duration, latencies)
     started = time.perf_counter()
     drained = await _drain(kind, raw, within=args.drain_timeout)
     out["webhook_only"] = {
@@ -387,8 +390,11 @@ async def _handlers_only(
             post = _poster(http, url, token, 3)
             await blast(post, 4, 1.0, [])
             latencies: list[float] = []
-            ok, elapsed = await blast(post, args.blast_concurrency, args.blast_duration, latencies)
-            fixed = await _fixed_rate(post, args.rate, min(args.duration, 6.0))
+            with collector_paused():
+                ok, elapsed = await blast(
+                    post, args.blast_concurrency, args.blast_duration, latencies
+                )
+                fixed = await _fixed_rate(post, args.rate, min(args.duration, 6.0))
         return {
             "connections": args.blast_concurrency,
             "accepted_per_s": round(ok / elapsed, 1),
@@ -418,8 +424,11 @@ async def _ceiling(
             post = _poster(http, url, token, 2)
             await blast(post, 4, 1.0, [])  # warm-up
             latencies: list[float] = []
-            ok, elapsed = await blast(post, args.blast_concurrency, args.blast_duration, latencies)
-            fixed = await _fixed_rate(post, args.rate, min(args.duration, 6.0))
+            with collector_paused():
+                ok, elapsed = await blast(
+                    post, args.blast_concurrency, args.blast_duration, latencies
+                )
+                fixed = await _fixed_rate(post, args.rate, min(args.duration, 6.0))
         return {
             "database": kind,
             "connections": args.blast_concurrency,
