@@ -46,6 +46,7 @@ import asyncpg
 import tests.conftest  # noqa: F401  (configures the keyring and DATA_KEYS as the tests do)
 from bench.common import (
     ROOT,
+    collector_paused,
     create_pg_database,
     drop_pg_database,
     emit,
@@ -642,7 +643,8 @@ async def serve_holding(
             jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
             async with aiohttp.ClientSession(cookie_jar=jar) as http:
                 client = AdminClient(http, serve.url, env, deep)
-                out["http"] = await client.time_list_pages(repeat)
+                with collector_paused():  # the driver's own pauses are not serve's latency
+                    out["http"] = await client.time_list_pages(repeat)
             out["rss_mb"] = rss_mb(pid)
             out["peak_rss_mb"] = hwm_mb(pid)
         finally:

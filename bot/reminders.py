@@ -29,7 +29,7 @@ import heapq
 import json
 import logging
 from calendar import monthrange
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -509,13 +509,17 @@ class StaffReminder(NamedTuple):
 
 
 async def staff_queue(
-    session: AsyncSession, reminders: list[StaffReminder], now: datetime
+    session: AsyncSession,
+    reminders: list[StaffReminder],
+    now: datetime,
+    known: Mapping[int, store.DueTicket] | None = None,
 ) -> list[store.Message]:
     """The staff messages of reminders claimed together: one per reminder and recipient,
     except that a chat that would get more than `DIGEST_ABOVE` gets one digest instead
     (how many, the first `DIGEST_LINES` by deadline, `/overdue` and `/tickets` for the
-    rest). Only the tickets a message names are read, and only what is sent is written
-    out: a burst's single messages, or a digest's unnamed lines, are not."""
+    rest). Only the tickets a message names are read (those not `known` already), and
+    only what is sent is written out: a burst's single messages, or a digest's unnamed
+    lines, are not."""
     # reminders that share tenant, kind and assignee share their recipients
     alike: dict[tuple[str, ReminderKind, int | None], list[StaffReminder]] = {}
     for reminder in reminders:
@@ -544,7 +548,8 @@ async def staff_queue(
     }
     named = {r.ticket_id for r in alone}
     named.update(r.ticket_id for items in first.values() for r in items)
-    rows = await store.full_tickets(session, sorted(named))
+    rows = dict(known or {})  # tickets the caller has read already
+    rows.update(await store.full_tickets(session, sorted(named.difference(rows))))
     messages: list[store.Message] = []
     for r in alone:
         skipped = skip.get(r.tenant.slug, _NONE)
@@ -912,8 +917,10 @@ class ReminderPass:
                     reminders.append(StaffReminder.of(ticket.id, assignee, item.tenant, due))
                 else:
                     assert item.row is not None and item.contact is not None
-                    messages.append(nudge_message(item.row, item.tenant, due, item.contact))
-        await store.queue(session, [*await staff_queue(session, reminders, now), *messages])
+                    messages.append(nudge_message(item.row, item.tenant, due, item.contact, now))
+        known = {item.ticket.id: item.row for item in to_bulk if item.row is not None}
+        staff = await staff_queue(session, reminders, now, known)
+        await store.queue(session, [*staff, *messages])
 
     async def _alone(
         self,
@@ -1082,77 +1089,98 @@ def nudge_text(ticket: AnyTicket, tenant: Tenant, item: Due) -> str:
     )
 
 
+class _Route(NamedTuple):
+    """How a message to the requester goes now (`_route`)."""
+
+    sender: str | None = None  # WhatsApp: the business number it goes from
+    hold: bool = False  # outside WhatsApp's window: held, and the customer invited back
+    refused: str | None = None  # why it cannot go at all (logged)
+
+    @property
+    def at_once(self) -> bool:
+        return not self.hold and self.refused is None
+
+
+def _route(channel: str, tenant: Tenant, last: store.LastContact, now: datetime) -> _Route:
+    """How a message on `channel` goes to a requester who last wrote as `last` says.
+
+    WhatsApp messages go from the number the customer last wrote to (the tenant's first
+    if that is unknown or no longer the tenant's). Outside the 24-hour window after the
+    customer last wrote, WhatsApp takes only approved templates: the text is held and the
+    tenant's `update` template invites the customer back (`bot.window`); without that
+    template the text cannot go at all."""
+    if channel != Channel.WHATSAPP:
+        return _Route()
+    if not tenant.channels.whatsapp_numbers:
+        return _Route(refused="no WhatsApp number to write from")
+    sender = _business_number(tenant, last.written_to)
+    if last.at is not None and now - last.at >= WINDOW:
+        if window.UPDATE_TEMPLATE not in tenant.whatsapp_templates:
+            return _Route(sender, refused="WhatsApp window closed, no template; not sent")
+        return _Route(sender, hold=True)
+    return _Route(sender)
+
+
 def _reachable(
     ticket: store.DueTicket, tenant: Tenant, contact: store.Contact | None, now: datetime
 ) -> bool:
     """Whether a message to the requester can be queued as it is, now (`tell_customer`
     does the rest: another address, holding it for WhatsApp's window, or logging why not)."""
-    if contact is None:
-        return False
-    if ticket.channel != Channel.WHATSAPP:
-        return True
-    last = contact.last.at
-    return bool(tenant.channels.whatsapp_numbers) and (last is None or now - last < WINDOW)
+    return contact is not None and _route(ticket.channel, tenant, contact.last, now).at_once
 
 
 def nudge_message(
-    ticket: store.DueTicket, tenant: Tenant, item: Due, contact: store.Contact
+    ticket: store.DueTicket, tenant: Tenant, item: Due, contact: store.Contact, now: datetime
 ) -> store.Message:
     """A nudge to a requester who can be written to now (`_reachable`), as `tell_customer`
     would queue it."""
-    payload: dict[str, Any] = {"text": nudge_text(ticket, tenant, item)}
-    if ticket.channel == Channel.WHATSAPP:
-        payload["from"] = _business_number(tenant, contact.last.written_to)
+    route = _route(ticket.channel, tenant, contact.last, now)
     return store.Message(
         channel=ticket.channel,
         recipient=contact.address,
-        payload=payload,
+        payload=_payload(nudge_text(ticket, tenant, item), route),
         tenant=tenant.slug,
         ticket_id=ticket.id,
         dedupe_key=_key(ticket.id, item, "customer"),
     )
 
 
+def _payload(text: str, route: _Route) -> dict[str, Any]:
+    return {"text": text} if route.sender is None else {"text": text, "from": route.sender}
+
+
 async def tell_customer(
     session: AsyncSession, ticket: Ticket, tenant: Tenant, text: str, *, key: str, now: datetime
 ) -> bool:
-    """Queue `text` to the requester on the ticket's channel; False when they cannot be reached.
-
-    WhatsApp messages go from the number the customer last wrote to (the tenant's first
-    if that is unknown or no longer the tenant's). Outside the 24-hour window after the
-    customer last wrote, WhatsApp takes only approved templates: the text is held and the
-    tenant's `update` template invites the customer back (`bot.window`); their reply
-    releases it. Without a template the text is not queued at all (logged).
-    """
+    """Queue `text` to the requester on the ticket's channel (held for WhatsApp's window,
+    as `_route` says); False when they cannot be reached."""
     address = await store.customer_address(session, ticket)
     if address is None:
         log.warning("clock: no address for the requester of %s", ticket.ref)
         return False
-    payload: dict[str, Any] = {"text": text}
-    if ticket.channel == Channel.WHATSAPP:
-        if not tenant.channels.whatsapp_numbers:
-            log.warning("clock: %s has no WhatsApp number to write from", tenant.slug)
-            return False
-        contact = await store.last_contact(session, ticket, address)
-        sender = _business_number(tenant, contact.written_to)
-        payload["from"] = sender
-        last = contact.at
-        if last is not None and now - last >= WINDOW:
-            if window.UPDATE_TEMPLATE not in tenant.whatsapp_templates:
-                log.info("clock: %s: WhatsApp window closed, no template; not sent", ticket.ref)
-                return False
-            await window.hold(
-                session,
-                tenant,
-                recipient=address,
-                payload=payload,
-                ticket_id=ticket.id,
-                key=key,
-                now=now,
-                language=customer_language(ticket, tenant),
-            )
-            log.info("clock: %s: outside the WhatsApp window; held, customer invited", ticket.ref)
-            return True
+    last = (
+        await store.last_contact(session, ticket, address)
+        if ticket.channel == Channel.WHATSAPP
+        else store.LastContact()
+    )
+    route = _route(ticket.channel, tenant, last, now)
+    if route.refused is not None:
+        log.warning("clock: %s: %s", ticket.ref, route.refused)
+        return False
+    payload = _payload(text, route)
+    if route.hold:
+        await window.hold(
+            session,
+            tenant,
+            recipient=address,
+            payload=payload,
+            ticket_id=ticket.id,
+            key=key,
+            now=now,
+            language=customer_language(ticket, tenant),
+        )
+        log.info("clock: %s: outside the WhatsApp window; held, customer invited", ticket.ref)
+        return True
     outbox.enqueue(
         session,
         channel=ticket.channel,
