@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 import bot.reminders
+from bench.common import summary_ms
 from bot.reminders import ReminderPass
 from bot.settings import Settings
 from bot.tenants import Tenant, Tenants, load_tenants
@@ -92,22 +93,15 @@ REGULAR = 40  # passes in the "regular" series
 async def regular_passes(job: ReminderPass) -> dict[str, object]:
     """The pass as the scheduler runs it (every 15 s in `serve`), `REGULAR` times in a
     row at the present moment: what is due meanwhile is sent. Its p50/p95."""
-    seconds, sent = [], 0
+    seconds: list[float] = []
+    sent = 0
     job.now = utcnow
     for _ in range(REGULAR):
         started = time.perf_counter()
         report = await job.run()
         seconds.append(time.perf_counter() - started)
         sent += report.sent
-    ms = sorted(1000 * s for s in seconds)
-    return {
-        "pass": "regular",
-        "passes": len(ms),
-        "p50_ms": round(statistics.median(ms), 1),
-        "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1),
-        "max_ms": round(ms[-1], 1),
-        "sent": sent,
-    }
+    return {"pass": "regular", **summary_ms(seconds), "sent": sent}
 
 
 async def main_async(database_url: str, batch: int | None) -> None:
