@@ -100,11 +100,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _background(app: web.Application, *, workers: bool) -> AsyncIterator[None]:
-    """The Telegram client, the workers and the clock, on a thread and loop of their own
-    (`bot/background.py`)."""
+    """The Telegram client, the workers and the clock: on PostgreSQL on a thread and loop of
+    their own (`bot/background.py`), on SQLite on this loop beside the webhooks."""
     deps, desk = app[DEPS], app[staff.DESK]
     work = partial(_work, desk=desk, workers=workers)
-    if not workers:
+    if deps.settings.is_sqlite or not workers:
         async with work(deps):
             yield
         return

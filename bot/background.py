@@ -11,10 +11,9 @@ busy (the workers' backlog, PostgreSQL) the kernel runs the webhooks first. Meas
 40 ms with both; one shared loop, 69–113 ms. A collection by the cyclic garbage collector
 still stops both threads (the remaining tail).
 
-The workers' thread has its own connection pool: asyncpg and aiosqlite connections belong
-to the loop that opened them. On SQLite both sides' writers still queue for one write turn
-per file (`storage.db.WriteTurns`, which hands a turn to another thread's loop), and the
-thread has its own connections to the webhooks' journal.
+The workers' thread has its own connection pool: asyncpg connections belong to the loop
+that opened them. On SQLite the workers stay on the web loop (`bot/app.py`), since the
+file has one writer and the web process's writers queue on an `asyncio.Lock` of one loop.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from types import TracebackType
 
 from bot.deps import Deps
 from storage.db import create_engine, session_factory
-from storage.inbound import Journal
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +99,9 @@ class WorkerThread:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        url = self.deps.settings.database_url
-        engine = create_engine(url)
-        # a SQLite file's journal too, through this loop's own connections (the web side
-        # has created its table)
-        journal = Journal.beside(url) if self.deps.journal is not None else None
+        engine = create_engine(self.deps.settings.database_url)
         mine = dataclasses.replace(
-            self.deps, engine=engine, sessions=session_factory(engine), wakers=[], journal=journal
+            self.deps, engine=engine, sessions=session_factory(engine), wakers=[]
         )
         try:
             async with self.work(mine):
@@ -115,8 +109,6 @@ class WorkerThread:
                 self._started.set()
                 await self._stop.wait()
         finally:
-            if journal is not None:
-                await journal.close()
             await engine.dispose()
 
 

@@ -13,7 +13,6 @@ deferred `BEGIN` and, under WAL, never waits for a writer.
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
@@ -86,29 +85,23 @@ class WriteTurns:
     A webhook's INSERT (urgent) waits for the write under way, never for the workers'
     transactions queued behind it; a worker still gets its turn whenever no webhook waits.
     A released turn passes straight to the next waiter, so no newcomer slips in between.
-    Waiters may be on several threads' loops (the workers' thread, `bot/background.py`):
-    a turn for another loop is handed over with `call_soon_threadsafe`.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards the three below
         self._held = False
         self._urgent: deque[asyncio.Future[None]] = deque()
         self._others: deque[asyncio.Future[None]] = deque()
 
     @property
     def waiting(self) -> int:
-        with self._lock:
-            return sum(not f.done() for f in (*self._urgent, *self._others))
+        return sum(not f.done() for f in (*self._urgent, *self._others))
 
     async def acquire(self, *, urgent: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if not self._held:  # free: nobody waits either (a release hands the turn on)
-                self._held = True
-                return
-            turn = loop.create_future()
-            (self._urgent if urgent else self._others).append(turn)
+        if not self._held:  # free: nobody waits either (a release hands the turn on)
+            self._held = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._others).append(turn)
         try:
             await turn
         except asyncio.CancelledError:
@@ -117,60 +110,16 @@ class WriteTurns:
             raise
 
     def release(self) -> None:
-        with self._lock:
-            turn = self._next()
-            if turn is None:
-                self._held = False
-                return
-        loop = turn.get_loop()
-        if _running_loop() is loop:
-            turn.set_result(None)
-            return
-        try:
-            loop.call_soon_threadsafe(self._hand, turn)
-        except RuntimeError:  # that loop has closed: nobody waits there any more
-            self.release()
-
-    def _next(self) -> asyncio.Future[None] | None:
         for queue in (self._urgent, self._others):
             while queue:
                 turn = queue.popleft()
                 if not turn.done():  # a cancelled waiter is skipped
-                    return turn
-        return None
-
-    def _hand(self, turn: asyncio.Future[None]) -> None:
-        """On the waiter's loop: its turn, unless it was cancelled on the way."""
-        if turn.done():
-            self.release()
-        else:
-            turn.set_result(None)
+                    turn.set_result(None)
+                    return
+        self._held = False
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-_BY_FILE: dict[str, WriteTurns] = {}
-_BY_POOL: weakref.WeakKeyDictionary[Any, WriteTurns] = weakref.WeakKeyDictionary()  # in memory
-_WRITERS_LOCK = threading.Lock()
-
-
-def write_turns(engine: AsyncEngine) -> WriteTurns:
-    """The write turns of `engine`'s database, shared by every engine of this process on
-    the same file (the web loop's and the workers' thread's)."""
-    database = engine.url.database
-    on_file = bool(database) and database != ":memory:" and not str(database).startswith("file:")
-    found: Any = _BY_FILE if on_file else _BY_POOL
-    key = str(Path(str(database)).resolve()) if on_file else engine.sync_engine.pool
-    with _WRITERS_LOCK:
-        turns = found.get(key)
-        if turns is None:
-            turns = found[key] = WriteTurns()
-        return turns  # type: ignore[no-any-return]
+_WRITERS: weakref.WeakKeyDictionary[Any, WriteTurns] = weakref.WeakKeyDictionary()
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:
@@ -203,7 +152,9 @@ async def writing(engine: AsyncEngine, *, urgent: bool = False) -> AsyncIterator
     if not _is_sqlite(engine):
         yield
         return
-    writers = write_turns(engine)
+    writers = _WRITERS.get(engine.sync_engine.pool)
+    if writers is None:
+        writers = _WRITERS[engine.sync_engine.pool] = WriteTurns()
     try:
         # Not wait_for: on 3.11 it runs acquire() as a task of its own, whose turn is lost
         # when the wait is cancelled just as it is granted.

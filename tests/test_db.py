@@ -4,19 +4,11 @@ waiting transactions, each queue keeps its order, and a cancelled waiter loses n
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import pytest
 
-from storage.db import (
-    WriteTurns,
-    create_engine,
-    migrate,
-    session_factory,
-    transaction,
-    write_turns,
-)
+from storage.db import WriteTurns, create_engine, migrate, session_factory, transaction
 from storage.inbound import store_now
 from storage.models import utcnow
 
@@ -102,66 +94,3 @@ async def test_a_webhook_is_stored_before_the_workers_queued_transactions(
     finally:
         await engine.dispose()
     assert order == ["worker 1", "webhook", "worker 2", "worker 3"]
-
-
-async def test_a_turn_passes_to_a_writer_on_another_threads_loop() -> None:
-    """The workers' thread (`bot/background.py`) writes to the same file: its writers wait
-    in the same queues, urgent ones from the web loop still first."""
-    turns = WriteTurns()
-    await turns.acquire()  # the web loop writes
-    order: list[str] = []
-    queued = threading.Event()
-
-    async def worker() -> None:
-        waiting = asyncio.create_task(_take(turns, "worker on its thread", order, urgent=False))
-        await asyncio.sleep(0)
-        queued.set()
-        await waiting
-
-    thread = threading.Thread(target=asyncio.run, args=(worker(),))
-    thread.start()
-    await asyncio.to_thread(queued.wait, 5)
-    webhook = asyncio.create_task(_take(turns, "webhook", order, urgent=True))
-    await asyncio.sleep(0)
-    assert turns.waiting == 2
-    turns.release()
-    await asyncio.wait_for(webhook, 5)
-    await asyncio.to_thread(thread.join, 5)
-    assert order == ["webhook", "worker on its thread"]
-    await asyncio.wait_for(turns.acquire(), 1)  # handed back from the thread: free again
-
-
-async def test_two_engines_on_one_file_take_turns(tmp_path: Path) -> None:
-    """Each loop has its own engine; a transaction on the other one waits for the turn of
-    this one's (not in SQLite's busy handler, which only sleeps and tries again)."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
-    engine = create_engine(url)
-    await migrate(engine)
-    order: list[str] = []
-    began = threading.Event()
-
-    async def on_the_thread() -> None:
-        other = create_engine(url)
-        try:
-            began.set()
-            async with transaction(session_factory(other)):
-                order.append("thread")
-        finally:
-            await other.dispose()
-
-    try:
-        async with transaction(session_factory(engine)):
-            order.append("web loop")
-            thread = threading.Thread(target=asyncio.run, args=(on_the_thread(),))
-            thread.start()
-            await asyncio.to_thread(began.wait, 5)
-            for _ in range(100):  # the thread queues for this transaction's turn
-                if write_turns(engine).waiting:
-                    break
-                await asyncio.sleep(0.01)
-            assert write_turns(engine).waiting == 1
-            assert order == ["web loop"]
-        await asyncio.to_thread(thread.join, 10)
-    finally:
-        await engine.dispose()
-    assert order == ["web loop", "thread"]
