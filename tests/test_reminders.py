@@ -37,6 +37,8 @@ from bot.reminders import (
     PassReport,
     ReminderKind,
     ReminderPass,
+    _Route,
+    _route,
     before,
     calendar_of,
     deadline_plan,
@@ -1708,3 +1710,39 @@ def test_no_expiry_comes_sooner_than_its_shortest_span(
     duration = parse_duration(wait)
     expires = add_duration(start, duration, calendar_of(*country))
     assert start + shortest(duration) <= expires
+
+
+_TEMPLATE = "HX" + "b2" * 16
+_NUMBER = "whatsapp:+14155230001"
+_NO_NUMBER = "no WhatsApp number to write from"
+_CLOSED = "WhatsApp window closed, no template; not sent"
+
+
+@pytest.mark.parametrize(
+    ("channel", "numbers", "templates", "wrote_ago", "expected"),
+    [
+        ("telegram", [], {}, None, _Route()),  # Telegram has no window and no number
+        ("whatsapp", [], {}, timedelta(hours=1), _Route(refused=_NO_NUMBER)),
+        ("whatsapp", ["+14155230001"], {}, timedelta(hours=1), _Route(_NUMBER)),
+        ("whatsapp", ["+14155230001"], {}, None, _Route(_NUMBER)),  # never wrote: not held
+        ("whatsapp", ["+14155230001"], {}, timedelta(hours=25), _Route(_NUMBER, refused=_CLOSED)),
+        (
+            "whatsapp", ["+14155230001"], {"update": _TEMPLATE}, timedelta(hours=25),
+            _Route(_NUMBER, hold=True),
+        ),
+    ],
+)  # fmt: skip
+def test_how_a_message_reaches_a_requester(
+    channel: str,
+    numbers: list[str],
+    templates: dict[str, str],
+    wrote_ago: timedelta | None,
+    expected: _Route,
+) -> None:
+    """`_route`, the one decision `tell_customer` and the bulk nudges share: as it is, held
+    for WhatsApp's 24-hour window, or refused (and why)."""
+    tenant = policy(channels={"whatsapp_numbers": numbers}, whatsapp_templates=templates)
+    last = store.LastContact(None if wrote_ago is None else NOW - wrote_ago, None)
+    route = _route(channel, tenant, last, NOW)
+    assert route == expected
+    assert route.at_once == (not expected.hold and expected.refused is None)
