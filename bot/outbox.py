@@ -73,6 +73,12 @@ class ReconcilingSender(Sender, Reconciler, Protocol):
     """A sender that can also reconcile."""
 
 
+def _still(in_doubt_since: datetime | None, reason: str) -> str:
+    """The reason to record for a retry: an attempt that was in doubt stays in doubt (the
+    provider may have had the message since then; whether it did is still not known)."""
+    return reason if in_doubt_since is None else outbox.in_doubt(in_doubt_since)
+
+
 def backoff(attempts: int) -> float:
     """Seconds before the next try: exponential from 2 s with jitter, capped at an hour."""
     base: float = min(BACKOFF_CAP, 2.0 ** min(attempts, 12))
@@ -137,22 +143,26 @@ class OutboxWorker:
                 "outbox message %s on %s: provider did not answer", message.id, message.channel
             )
             # The provider may have taken it: the next attempt asks before sending again.
-            reason = f"{outbox.IN_DOUBT}{started.isoformat()}"
-            await self._retry_later(message, reason, delay=backoff(message.attempts))
+            since = started if in_doubt_since is None else min(started, in_doubt_since)
+            await self._retry_later(
+                message, outbox.in_doubt(since), delay=backoff(message.attempts)
+            )
             return
         except SendError as exc:
             if exc.retryable and message.attempts < MAX_ATTEMPTS:
                 delay = (
                     exc.retry_after if exc.retry_after is not None else backoff(message.attempts)
                 )
-                await self._retry_later(message, str(exc), delay=delay)
+                await self._retry_later(message, _still(in_doubt_since, str(exc)), delay=delay)
             else:
                 await self._fail(message, str(exc))
             return
         except Exception as exc:  # a bug in a sender must not leave the row claimed
             log.exception("outbox message %s: unexpected sender error", message.id)
             await self._retry_later(
-                message, f"{type(exc).__name__}", delay=backoff(message.attempts)
+                message,
+                _still(in_doubt_since, type(exc).__name__),
+                delay=backoff(message.attempts),
             )
             return
         await self._record_sent(message, provider_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -100,6 +101,12 @@ async def claim(
             attempts=_T.c.attempts + 1,
         )
     )
+    for message_id, since in doubt.items():  # rare: only after a crash or a timeout
+        # kept on the row: if this attempt dies too, the next one asks the provider from
+        # the first attempt that may have reached it, not from this one
+        await session.exec(
+            sa.update(_T).where(_T.c.id == message_id).values(last_error=in_doubt(since))
+        )
     rows = await session.exec(
         select(OutboundMessage)
         .where(col(OutboundMessage.id).in_(ids))
@@ -109,18 +116,23 @@ async def claim(
     return [Claimed(row, doubt.get(row.id or 0)) for row in rows]
 
 
+def in_doubt(since: datetime) -> str:
+    """The `last_error` of a message the provider may have had since `since`."""
+    return f"{IN_DOUBT}{since.isoformat()}"
+
+
 def _in_doubt_since(row: Any, lease: timedelta) -> datetime | None:
-    """When the provider may have got this message already, from when on; else None."""
+    """When the provider may have got this message already, from when on (the earliest
+    attempt that may have reached it); else None."""
+    found: list[datetime] = []
     if row.status == OutboxStatus.SENDING and row.locked_until is not None:
         # The attempt that died began one lease before its lease ran out (slack added).
         locked_until: datetime = row.locked_until
-        return locked_until - lease - timedelta(seconds=5)
+        found.append(locked_until - lease - timedelta(seconds=5))
     if row.last_error and row.last_error.startswith(IN_DOUBT):
-        try:
-            return datetime.fromisoformat(row.last_error.removeprefix(IN_DOUBT))
-        except ValueError:
-            return None
-    return None
+        with contextlib.suppress(ValueError):
+            found.append(datetime.fromisoformat(row.last_error.removeprefix(IN_DOUBT)))
+    return min(found, default=None)
 
 
 async def _finish(session: AsyncSession, message_id: int, worker: str, **values: Any) -> bool:

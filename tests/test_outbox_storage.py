@@ -104,3 +104,24 @@ async def test_depth_counts_pending_and_in_flight(sessions: SessionFactory) -> N
     await _claim(sessions, "w")
     async with sessions() as session:
         assert await outbox.depth(session) == 3
+
+
+async def test_a_second_attempt_that_dies_keeps_the_first_attempts_doubt(
+    sessions: SessionFactory,
+) -> None:
+    """The first attempt reached the provider and died; the one that found it there died
+    before recording it. The third must still ask the provider from the first attempt on,
+    or it sends the message again (seen in the kill -9 test)."""
+    (only,) = await _queue(sessions, "7")
+    first = utcnow()
+    await _claim(sessions, "dies after sending", now=first)
+    second = first + LEASE + timedelta(seconds=1)
+    await _claim(sessions, "dies after asking", now=second)
+    third = second + LEASE + timedelta(seconds=1)
+    async with transaction(sessions) as session:
+        again = await outbox.claim(session, worker="lives", now=third, lease=LEASE, limit=5)
+    assert [c.message.id for c in again] == [only]
+    since = again[0].in_doubt_since
+    assert since is not None and since <= first
+    assert first - since < timedelta(seconds=10)
+    assert again[0].message.attempts == 3

@@ -3,9 +3,10 @@ sender died mid-send is not sent again when Twilio already has it."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from bot.outbox import LEASE, OutboxWorker
+from bot.outbox import LEASE, OutboxWorker, SendError
 from bot.settings import Settings
 from handlers.whatsapp import WhatsAppSender
 from storage import outbox
@@ -27,22 +28,33 @@ async def _queue(sessions: SessionFactory, text: str) -> int:
         return row.id
 
 
+async def _sent_then_died(
+    sessions: SessionFactory, sender: WhatsAppSender, text: str
+) -> tuple[int, datetime]:
+    """A worker claims a message, Twilio takes it, and the worker dies before recording
+    that: the message's id, and when it was claimed."""
+    queued = await _queue(sessions, text)
+    start = utcnow()
+    async with transaction(sessions) as session:
+        await outbox.claim(session, worker="dead", now=start, lease=LEASE, limit=5)
+    await sender.send(TO, {"from": FROM, "text": text})
+    return queued, start
+
+
+def _settings(twilio: FakeTwilio) -> Settings:
+    return Settings(
+        _env_file=None,
+        twilio_account_sid=twilio.account_sid,
+        twilio_auth_token=twilio.auth_token,
+        twilio_api_base_url=twilio.url,
+    )
+
+
 async def test_a_message_twilio_already_has_is_not_sent_again(sessions: SessionFactory) -> None:
     async with FakeTwilio() as twilio:
-        settings = Settings(
-            _env_file=None,
-            twilio_account_sid=twilio.account_sid,
-            twilio_auth_token=twilio.auth_token,
-            twilio_api_base_url=twilio.url,
-        )
-        sender = WhatsAppSender(settings)
+        sender = WhatsAppSender(_settings(twilio))
         try:
-            first = await _queue(sessions, "Your request is on file.")
-            start = utcnow()
-            # A worker claims it, Twilio takes it, and the worker dies before recording that.
-            async with transaction(sessions) as session:
-                await outbox.claim(session, worker="dead", now=start, lease=LEASE, limit=5)
-            await sender.send(TO, {"from": FROM, "text": "Your request is on file."})
+            first, start = await _sent_then_died(sessions, sender, "Your request is on file.")
             second = await _queue(sessions, "Next message")
             later = start + LEASE + timedelta(seconds=1)
             worker = OutboxWorker(sessions, {"whatsapp": sender}, now=lambda: later)
@@ -61,13 +73,7 @@ async def test_a_message_twilio_already_has_is_not_sent_again(sessions: SessionF
 
 async def test_an_interrupted_message_twilio_lacks_is_sent(sessions: SessionFactory) -> None:
     async with FakeTwilio() as twilio:
-        settings = Settings(
-            _env_file=None,
-            twilio_account_sid=twilio.account_sid,
-            twilio_auth_token=twilio.auth_token,
-            twilio_api_base_url=twilio.url,
-        )
-        sender = WhatsAppSender(settings)
+        sender = WhatsAppSender(_settings(twilio))
         try:
             await _queue(sessions, "Lost in flight")
             start = utcnow()
@@ -77,5 +83,40 @@ async def test_an_interrupted_message_twilio_lacks_is_sent(sessions: SessionFact
             worker = OutboxWorker(sessions, {"whatsapp": sender}, now=lambda: later)
             assert await worker.run_once() == 1
             assert [c.params["Body"] for c in twilio.sent_messages(to=TO)] == ["Lost in flight"]
+        finally:
+            await sender.close()
+
+
+class _LookupFailsOnce(WhatsAppSender):
+    """The real sender, whose first look at Twilio's list of messages fails."""
+
+    failed = False
+
+    async def find_sent(self, recipient: str, payload: Any, since: datetime) -> str | None:
+        if not self.failed:
+            self.failed = True
+            raise SendError("twilio lookup: TimeoutError", retryable=True)
+        return await super().find_sent(recipient, payload, since)
+
+
+async def test_a_message_stays_in_doubt_when_asking_twilio_fails(
+    sessions: SessionFactory,
+) -> None:
+    """The attempt after a crash cannot reach Twilio's list: its retry must still ask, not
+    send a message Twilio may already have."""
+    async with FakeTwilio() as twilio:
+        sender = _LookupFailsOnce(_settings(twilio))
+        try:
+            first, start = await _sent_then_died(sessions, sender, "Your code is on its way.")
+            clock = [start + LEASE + timedelta(seconds=1)]
+            worker = OutboxWorker(sessions, {"whatsapp": sender}, now=lambda: clock[0])
+            assert await worker.run_once() == 1  # the lookup fails: retried later
+            assert sender.failed
+            clock[0] += timedelta(hours=1)
+            assert await worker.run_once() == 1
+            assert len(twilio.sent_messages(to=TO)) == 1
+            async with sessions() as session:
+                row = await session.get(OutboundMessage, first)
+                assert row is not None and row.status == "sent"
         finally:
             await sender.close()
