@@ -8,6 +8,8 @@ reported as missing, not failed.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import subprocess
@@ -37,6 +39,59 @@ def _cli(env: dict[str, str], *argv: str, stdin: str | None = None) -> str:
         check=True,
     )
     return result.stdout
+
+
+def api_auth(env: dict[str, str]) -> dict[str, str]:
+    """The header of a new API token, made with `rightsdesk token create` (the database of
+    `env` needs no running `serve`)."""
+    printed = _cli(env, "token", "create", f"bench-{uuid.uuid4().hex[:8]}")
+    return {"Authorization": f"Bearer {printed.strip().splitlines()[-1].split()[-1]}"}
+
+
+async def _series_until_stdin_closes(url: str, auth: dict[str, str]) -> list[float]:
+    loop = asyncio.get_running_loop()
+    closed = loop.run_in_executor(None, sys.stdin.read)
+    durations: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession() as http:
+        while not closed.done():
+            started = time.perf_counter()
+            async with http.get(url, headers=auth, timeout=timeout) as response:
+                await response.read()
+                if response.status != 200:
+                    break
+            durations.append(time.perf_counter() - started)
+    await closed
+    return durations
+
+
+class ApiSeries:
+    """GETs of one API URL, one after another, from a process of their own (so that the
+    fakes answering `serve` in the bench's process do not delay the client), from `start()`
+    until `stop()`, which returns each one's duration in seconds."""
+
+    def __init__(self, url: str, auth: dict[str, str]) -> None:
+        self.url, self.token = url, auth["Authorization"]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> ApiSeries:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.http_admin",
+            self.url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "BENCH_AUTH": self.token},
+        )
+        return self
+
+    async def stop(self) -> list[float]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.close()
+        printed, _ = await self.proc.communicate()
+        return [float(v) for v in json.loads(printed or b"[]")]
 
 
 class AdminClient:
@@ -85,11 +140,9 @@ class AdminClient:
             if response.status == 404:
                 return {"api": "not present (/api/v1/tickets answers 404)"}
         try:
-            printed = _cli(self.env, "token", "create", f"bench-{uuid.uuid4().hex[:8]}")
+            auth = api_auth(self.env)
         except (subprocess.SubprocessError, OSError) as exc:
             return {"api": f"no token: {exc}"}
-        token = printed.strip().splitlines()[-1].split()[-1]
-        auth = {"Authorization": f"Bearer {token}"}
         out: dict[str, Any] = {}
         cases = {
             "api first page": f"/api/v1/tickets?limit={PAGE}",
@@ -168,3 +221,10 @@ class AdminClient:
                 f"/admin/tickets?cursor={self.deep_cursor}", repeat
             )
         return out
+
+
+if __name__ == "__main__":  # ApiSeries' client
+    found = asyncio.run(
+        _series_until_stdin_closes(sys.argv[1], {"Authorization": os.environ["BENCH_AUTH"]})
+    )
+    print(json.dumps(found))

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict, deque
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,23 @@ from bench.common import (
     emit,
     hwm_mb,
     pg_available,
+    pg_dsn,
     pg_url,
     rightsdesk_migrate,
     rss_mb,
     start_profile,
     summarize_profile,
+    summary_ms,
     table,
 )
+from bench.http_admin import ApiSeries, api_auth
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.twilio_api import FakeTwilio
 from tests.processes import ServeProcess, service_env
 
 GROUPS = [-1000000000001, -1000000000002, -1000000000003]  # config/tenants staff chats
 SENDER = "whatsapp:+14155238881"
+IDLE_SERIES_S = 5.0
 
 
 class TimedTwilio(FakeTwilio):
@@ -127,6 +132,18 @@ async def fill(database_url: str, whatsapp: int, private: int, per_chat: int, gr
     return count
 
 
+async def add_tickets(kind: str, url: str, where: Path | str, args: argparse.Namespace) -> None:
+    """`args.tickets` tickets as `bench.scale` makes them, for the API's page to list."""
+    from bench.scale import fold_counts, generate, load_postgres, load_sqlite
+
+    data = generate(args.tickets, args.tickets // 10, datetime.now(UTC))
+    if kind == "sqlite":
+        await asyncio.to_thread(load_sqlite, Path(where), data)
+    else:
+        await load_postgres(pg_dsn(str(where)), data)
+    await fold_counts(url)
+
+
 async def bench_engine(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     pg_name = None
     if kind == "sqlite":
@@ -139,21 +156,33 @@ async def bench_engine(kind: str, args: argparse.Namespace, workdir: Path) -> di
         rightsdesk_migrate(url)
         queued = await fill(url, args.whatsapp, args.private, args.per_chat, args.group)
         out["queued"] = queued
+        await add_tickets(kind, url, workdir / "outbox.db" if pg_name is None else pg_name, args)
         expected_tg = args.private * args.per_chat + args.group * len(GROUPS)
         async with TimedTelegram() as telegram, TimedTwilio() as twilio:
             env = service_env(url, telegram, twilio, RUN_SCHEDULER="false")
+            auth = api_auth(env)
             started = time.monotonic()
             serve = await ServeProcess(env, workdir, f"serve-outbox-{kind}").start(timeout=60)
             assert serve.proc is not None
             sample = workdir / f"profile-outbox-{kind}.txt"
             sampler = start_profile(serve.proc.pid, 20, sample) if args.profile else None
+            page = f"{serve.url}/api/v1/tickets?limit=50"
             try:
                 deadline = started + args.seconds
+                busy = await ApiSeries(page, auth).start()
+                while time.monotonic() < deadline:
+                    if len(twilio.times) >= args.whatsapp:
+                        break
+                    await asyncio.sleep(0.05)
+                out["api_while_whatsapp_delivers"] = summary_ms(await busy.stop())
                 while time.monotonic() < deadline:
                     sent_tg = sum(len(v) for v in telegram.times.values())
                     if len(twilio.times) >= args.whatsapp and sent_tg >= expected_tg:
                         break
                     await asyncio.sleep(0.2)
+                idle = await ApiSeries(page, auth).start()
+                await asyncio.sleep(IDLE_SERIES_S)
+                out["api_once_delivered"] = summary_ms(await idle.stop())
                 out["serve_rss_mb"] = rss_mb(serve.proc.pid)
                 out["serve_peak_rss_mb"] = hwm_mb(serve.proc.pid)
             finally:
@@ -196,6 +225,17 @@ async def bench_engine(kind: str, args: argparse.Namespace, workdir: Path) -> di
     return out
 
 
+def _api_row(db: str, name: str, r: dict[str, Any]) -> tuple[Any, ...]:
+    key = "api_while_whatsapp_delivers" if "while" in name else "api_once_delivered"
+    found = r.get(key, {})
+    return (
+        db,
+        name,
+        found.get("p95_ms"),
+        f"p50 {found.get('p50_ms')}, max {found.get('max_ms')}, n {found.get('n')}",
+    )
+
+
 def render(results: list[dict[str, Any]]) -> str:
     rows = []
     for r in results:
@@ -218,6 +258,8 @@ def render(results: list[dict[str, Any]]) -> str:
                 ", ".join(str(v) for v in groups.values()),
             ),
             (db, "fake Telegram rate_violations", r["rate_violations"], "must be 0"),
+            _api_row(db, "API first page while WhatsApp delivers (ms)", r),
+            _api_row(db, "API first page once all delivered (ms)", r),
             (db, "serve RSS (MB)", r["serve_rss_mb"], f"peak {r['serve_peak_rss_mb']}"),
         ]
     return table(rows, ["db", "figure", "value", "detail"])
@@ -239,7 +281,8 @@ async def main_async(args: argparse.Namespace) -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     settings = {
-        k: getattr(args, k) for k in ("whatsapp", "private", "per_chat", "group", "seconds")
+        k: getattr(args, k)
+        for k in ("whatsapp", "private", "per_chat", "group", "seconds", "tickets")
     }
     emit(
         "outbox-quick" if args.quick else "outbox",
@@ -255,6 +298,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--whatsapp", type=int, default=3000)
     parser.add_argument("--private", type=int, default=300)
     parser.add_argument("--per-chat", type=int, default=3)
+    parser.add_argument(
+        "--tickets", type=int, default=2000, help="in the database, for the API's page"
+    )
     parser.add_argument("--group", type=int, default=25, help="messages per staff group")
     parser.add_argument("--seconds", type=float, default=100.0, help="time allowed per database")
     parser.add_argument("--databases", default="sqlite,postgres")

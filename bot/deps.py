@@ -33,7 +33,7 @@ class Deps:
     now: Callable[[], datetime] = utcnow
     telegram_bot: Any = None  # telegram.ext.ExtBot when the channel is on
     wakers: list[Callable[[], None]] = field(default_factory=list)
-    foreground: Foreground = field(default_factory=Foreground)  # webhooks before workers
+    foreground: Foreground = field(default_factory=Foreground)  # people and webhooks first
     journal: Journal | None = None  # a SQLite file's: where webhooks store first
 
     def wake_inbox(self) -> None:

@@ -73,12 +73,6 @@ class ReconcilingSender(Sender, Reconciler, Protocol):
     """A sender that can also reconcile."""
 
 
-def _still(in_doubt_since: datetime | None, reason: str) -> str:
-    """The reason to record for a retry: an attempt that was in doubt stays in doubt (the
-    provider may have had the message since then; whether it did is still not known)."""
-    return reason if in_doubt_since is None else outbox.in_doubt(in_doubt_since)
-
-
 def backoff(attempts: int) -> float:
     """Seconds before the next try: exponential from 2 s with jitter, capped at an hour."""
     base: float = min(BACKOFF_CAP, 2.0 ** min(attempts, 12))
@@ -143,9 +137,9 @@ class OutboxWorker:
                 "outbox message %s on %s: provider did not answer", message.id, message.channel
             )
             # The provider may have taken it: the next attempt asks before sending again.
-            since = started if in_doubt_since is None else min(started, in_doubt_since)
+            # (A message already in doubt keeps its earlier moment: `outbox.mark_retry`.)
             await self._retry_later(
-                message, outbox.in_doubt(since), delay=backoff(message.attempts)
+                message, outbox.in_doubt(started), delay=backoff(message.attempts)
             )
             return
         except SendError as exc:
@@ -153,17 +147,13 @@ class OutboxWorker:
                 delay = (
                     exc.retry_after if exc.retry_after is not None else backoff(message.attempts)
                 )
-                await self._retry_later(message, _still(in_doubt_since, str(exc)), delay=delay)
+                await self._retry_later(message, str(exc), delay=delay)
             else:
                 await self._fail(message, str(exc))
             return
         except Exception as exc:  # a bug in a sender must not leave the row claimed
             log.exception("outbox message %s: unexpected sender error", message.id)
-            await self._retry_later(
-                message,
-                _still(in_doubt_since, type(exc).__name__),
-                delay=backoff(message.attempts),
-            )
+            await self._retry_later(message, type(exc).__name__, delay=backoff(message.attempts))
             return
         await self._record_sent(message, provider_id)
         log.info("outbox message %s sent on %s", message.id, message.channel)
@@ -174,6 +164,8 @@ class OutboxWorker:
         reached, keep trying (it is the only record that stops a second send) rather than
         leaving the row to be claimed again when its lease runs out."""
         assert message.id is not None
+        if self.pause is not None:
+            await self.pause()
         wait = 0.5
         while True:
             try:

@@ -166,13 +166,20 @@ async def mark_sent(
 async def mark_retry(
     session: AsyncSession, message_id: int, *, worker: str, at: datetime, error: str
 ) -> bool:
+    """Try again at `at`. A message in doubt stays in doubt, from its first moment of doubt
+    (`claim` put it on the row): the provider may have had it since then, and whether it
+    did is still not known, whatever went wrong with this attempt."""
+    kept = sa.case(
+        (_T.c.last_error.startswith(IN_DOUBT, autoescape=True), _T.c.last_error),
+        else_=sa.literal(error[:500]),
+    )
     return await _finish(
         session,
         message_id,
         worker,
         status=OutboxStatus.PENDING,
         next_attempt_at=at,
-        last_error=error[:500],
+        last_error=kept,
     )
 
 

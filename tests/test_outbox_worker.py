@@ -3,10 +3,12 @@ sender died mid-send is not sent again when Twilio already has it."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
 from bot.outbox import LEASE, OutboxWorker, SendError
+from bot.priority import Foreground
 from bot.settings import Settings
 from handlers.whatsapp import WhatsAppSender
 from storage import outbox
@@ -118,5 +120,54 @@ async def test_a_message_stays_in_doubt_when_asking_twilio_fails(
             async with sessions() as session:
                 row = await session.get(OutboundMessage, first)
                 assert row is not None and row.status == "sent"
+        finally:
+            await sender.close()
+
+
+class _PageArrivesMidSend(WhatsAppSender):
+    """The real sender; an admin page starts being answered while Twilio takes the message."""
+
+    def __init__(self, settings: Settings, foreground: Foreground) -> None:
+        super().__init__(settings)
+        self.page = foreground.request()
+
+    async def send(self, recipient: str, payload: Any) -> str | None:
+        provider_id = await super().send(recipient, payload)
+        self.page.__enter__()
+        return provider_id
+
+
+async def _status(sessions: SessionFactory, message_id: int) -> str:
+    async with sessions() as session:
+        row = await session.get(OutboundMessage, message_id)
+        assert row is not None
+        return row.status
+
+
+async def test_requests_in_flight_go_before_a_send_and_before_its_record(
+    sessions: SessionFactory,
+) -> None:
+    """The worker starts no send while a request is in flight, and records a send only once
+    the request that arrived meanwhile is answered (`bot.priority`)."""
+    foreground = Foreground(max_pause=10.0)
+    async with FakeTwilio() as twilio:
+        sender = _PageArrivesMidSend(_settings(twilio), foreground)
+        worker = OutboxWorker(sessions, {"whatsapp": sender}, pause=foreground.pause)
+        try:
+            queued = await _queue(sessions, "Your request is on file.")
+            with foreground.request():  # a webhook, before the worker looks
+                delivery = asyncio.create_task(worker.run_once())
+                await asyncio.sleep(0.3)
+                assert twilio.sent_messages(to=TO) == []
+            for _ in range(100):  # the send goes out once the webhook is answered
+                if twilio.sent_messages(to=TO):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            assert len(twilio.sent_messages(to=TO)) == 1
+            assert await _status(sessions, queued) != "sent"  # the page is still in flight
+            sender.page.__exit__(None, None, None)
+            assert await asyncio.wait_for(delivery, 5) == 1
+            assert await _status(sessions, queued) == "sent"
         finally:
             await sender.close()

@@ -1,4 +1,4 @@
-"""Webhooks first: workers wait while a webhook is in flight, but never for long."""
+"""Requests first: workers wait while a request is in flight, but never for long."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ async def test_pause_gives_up_after_max_pause_under_an_endless_stream() -> None:
     assert 0.09 <= waited < 2.0
 
 
-async def test_the_middleware_counts_webhooks_only() -> None:
+async def test_the_middleware_counts_webhooks_pages_and_the_api_only() -> None:
     foreground = Foreground()
     seen: dict[str, int] = {}
 
@@ -58,15 +58,29 @@ async def test_the_middleware_counts_webhooks_only() -> None:
         return web.Response(text="ok")
 
     app = web.Application(middlewares=[foreground.middleware()])
-    app.router.add_get("/webhooks/whatsapp", record)
-    app.router.add_get("/webhooks/fails", record)
-    app.router.add_get("/admin", record)
+    paths = (
+        "/webhooks/whatsapp",
+        "/webhooks/fails",
+        "/admin/tickets",
+        "/api/v1/tickets",
+        "/static/admin.css",
+        "/healthz",
+    )
+    for path in paths:
+        app.router.add_get(path, record)
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-        for path in ("/webhooks/whatsapp", "/webhooks/fails", "/admin"):
+        for path in paths:
             async with http.get(server.make_url(path)) as response:
                 assert response.status in (200, 400)
-    assert seen == {"/webhooks/whatsapp": 1, "/webhooks/fails": 1, "/admin": 0}
-    assert foreground.in_flight == 0  # a failed webhook is counted out too
+    assert seen == {
+        "/webhooks/whatsapp": 1,
+        "/webhooks/fails": 1,
+        "/admin/tickets": 1,
+        "/api/v1/tickets": 1,
+        "/static/admin.css": 0,
+        "/healthz": 0,
+    }
+    assert foreground.in_flight == 0  # a failed request is counted out too
 
 
 async def test_a_worker_on_another_loop_waits_for_the_webhook_in_flight() -> None:
