@@ -565,6 +565,7 @@ async def scheduler_pass(
     }
     if cold:
         out |= {"cold_sent": cold["sent"], "cold_failed": cold["failed"]}
+        out |= {f"cold_{k}": cold.get(k) for k in ("passes", "longest_pass_s", "pass_seconds")}
         out |= {f"cold_{k}": cold.get(k) for k in ("planned_in_sets", "in_sets_seconds")}
         out["cold_looked_at_one_by_one"] = cold["looked_at"]
         out["cold_by_kind"] = cold["by_kind"]
@@ -577,7 +578,15 @@ async def scheduler_pass(
         found = next((x for x in lines if x["pass"] == name), None)
         if found:
             key = name.replace(" ", "_")
-            figures = ("seconds", "looked_at", "sent", "planned_in_sets", "in_sets_seconds")
+            figures = (
+                "seconds",
+                "passes",
+                "longest_pass_s",
+                "looked_at",
+                "sent",
+                "planned_in_sets",
+                "in_sets_seconds",
+            )
             out |= {f"{key}_{figure}": found.get(figure) for figure in figures}
     if sampler is not None:
         sampler.wait(timeout=30)
@@ -750,6 +759,12 @@ async def bench_engine(
             await drop_pg_database(pg_name)
 
 
+def _longest(db: str, sp: dict[str, Any], key: str) -> tuple[Any, ...]:
+    passes = sp.get(f"{key}_passes")
+    return (db, f"  the longest of its {passes} passes (s)", sp.get(f"{key}_longest_pass_s"),
+            "", f"< {TARGET_PASS_S:.0f}")  # fmt: skip
+
+
 def render(results: list[dict[str, Any]]) -> str:
     rows: list[tuple[Any, ...]] = []
     for r in results:
@@ -773,10 +788,13 @@ def render(results: list[dict[str, Any]]) -> str:
                 rows.append((db, f"HTTP {name}: {figure}", "", "", ""))
         sp = r.get("scheduler_pass")
         if sp:
-            rows.append((db, f"scheduler pass, cold, {sp['unplanned_before']:,} tickets (s)",
+            rows.append((db, f"scheduler, cold, {sp['unplanned_before']:,} tickets: all passes (s)",
                          sp["cold_seconds"] if sp["cold_finished"] else
                          f"> {sp['cold_seconds']} (est. {sp['cold_estimate_for_all_s']})",
-                         f"{sp['cold_tickets_per_s']}/s", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
+                         f"{sp['cold_tickets_per_s']}/s", ""))  # fmt: skip
+            if sp.get("cold_passes"):
+                rows.append((db, f"  the longest of its {sp['cold_passes']} passes (s)",
+                             sp["cold_longest_pass_s"], "", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
             if sp.get("cold_in_sets_seconds") is not None:
                 rows.append((db, f"  of which planning {sp['cold_planned_in_sets']:,} in sets, "
                              f"then {sp['cold_looked_at_one_by_one']:,} one by one (s)",
@@ -790,15 +808,17 @@ def render(results: list[dict[str, Any]]) -> str:
                              regular["p50_ms"], regular["p95_ms"],
                              f"< {TARGET_PASS_S * 1000:.0f}"))  # fmt: skip
             if "new_policy_seconds" in sp:
-                rows.append((db, f"scheduler pass, new reminder policy: "
+                rows.append((db, f"scheduler, new reminder policy: "
                              f"{sp['new_policy_planned_in_sets'] or 0:,} planned again in sets, "
-                             f"{sp['new_policy_looked_at']:,} one by one (s)",
-                             sp["new_policy_seconds"], "", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
+                             f"{sp['new_policy_looked_at']:,} one by one: all passes (s)",
+                             sp["new_policy_seconds"], "", ""))  # fmt: skip
+                rows.append(_longest(db, sp, "new_policy"))
             if "day_later_seconds" in sp:
-                rows.append((db, f"scheduler pass, a day's work at once: {sp['day_later_sent']:,} "
+                rows.append((db, f"scheduler, a day's work at once: {sp['day_later_sent']:,} "
                              f"sent; {sp['day_later_planned_in_sets'] or 0:,} planned in sets, "
-                             f"{sp['day_later_looked_at']:,} one by one (s)",
-                             sp["day_later_seconds"], "", f"< {TARGET_PASS_S:.0f}"))  # fmt: skip
+                             f"{sp['day_later_looked_at']:,} one by one: all passes (s)",
+                             sp["day_later_seconds"], "", ""))  # fmt: skip
+                rows.append(_longest(db, sp, "day_later"))
         if serve:
             rows.append((db, "serve RSS after first pass + list (MB)", serve.get("rss_mb"),
                          serve.get("peak_rss_mb"), f"< {TARGET_RSS_MB:.0f}"))  # fmt: skip

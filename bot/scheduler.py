@@ -143,21 +143,25 @@ class Clock:
             wake: datetime | None = None
             while True:
                 self._again = False
-                wake = await self._pass()
-                if not self._again or self._stopping:
+                wake, more = await self._pass()
+                if not (self._again or more) or self._stopping:
                     break
         self._wake_at(wake)
 
-    async def _pass(self) -> datetime | None:
+    async def _pass(self) -> tuple[datetime | None, bool]:
+        """One pass: the next planned look, and whether the pass left tickets to look at
+        (a catch-up goes in slices, `ReminderPass.slice`) and moved on, so that another
+        pass should follow at once."""
         try:
-            await self.reminders.run()
+            report = await self.reminders.run()
             async with self._sessions() as session:
                 wake = await store.next_wake(session)
         except Exception:  # the scheduler must outlive a database hiccup; logged, retried
             log.exception("clock pass failed; the next pass tries again")
-            return None
+            return None, False
         self.passes += 1
-        return wake
+        moved = bool(report.planned or report.looked_at)
+        return wake, report.more and moved
 
     def _wake_at(self, wake: datetime | None) -> None:
         """Add a one-off run at `wake` when the regular run would come later."""

@@ -132,16 +132,20 @@ PLAN_COLUMNS = [
 ]
 
 
-async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> list[ToPlan]:
+async def due_tickets(
+    session: AsyncSession, *, now: datetime, limit: int, up_to: int | None = None
+) -> list[ToPlan]:
     """Lock up to `limit` tickets the clock must look at: unplanned, or their time has come.
 
     Each kind is found on the `next_at` index by itself (one `OR` query ends up
     scanning the whole table: 0.15 s at a million tickets, per batch), the unplanned first,
     then the earliest due; the ticket rows are read by id once found. On PostgreSQL they
     stay locked until the caller's transaction ends; SKIP LOCKED passes over a ticket that
-    another scheduler (or a desk action) holds, and a batch may then be short.
+    another scheduler (or a desk action) holds, and a batch may then be short. With
+    `up_to`, only tickets whose id is not above it (the pass's slice, `Scope.up_to`).
     """
     column = _CLOCK.c.next_at
+    sliced = [] if up_to is None else [_CLOCK.c.ticket_id <= up_to]
     connection = await session.connection()
     found: list[ToPlan] = []
     for wanted in (column.is_(None), column <= now):
@@ -150,7 +154,7 @@ async def due_tickets(session: AsyncSession, *, now: datetime, limit: int) -> li
         # ordered by the index even among NULLs: without it SQLite's statistics (half the
         # rows NULL when a catch-up starts) pick a table scan that walks past every ticket
         # planned so far, batch after batch
-        picked = sa.select(_CLOCK.c.ticket_id).where(wanted).order_by(column)
+        picked = sa.select(_CLOCK.c.ticket_id).where(wanted, *sliced).order_by(column)
         rows = await connection.execute(
             sa.select(*PLAN_COLUMNS)
             .where(_TICKET.c.id.in_(picked.limit(limit - len(found))))
@@ -572,10 +576,13 @@ class Piece:
 @dataclass(frozen=True, slots=True)
 class Scope:
     """The tickets one planning in sets covers: the unplanned ones (and those whose next
-    look has come by `due`), or every open ticket of the `tenants` whose policies changed."""
+    look has come by `due`), or every open ticket of the `tenants` whose policies changed;
+    of those, with `up_to`, only the tickets whose id is not above it (a pass's slice,
+    `slice_end`)."""
 
     tenants: tuple[str, ...] | None = None
     due: datetime | None = None
+    up_to: int | None = None
 
     def _looked_at(self, clock: Any) -> sa.ColumnElement[bool]:
         """Unplanned, or due by `due`: a clock row the pass must look at."""
@@ -592,14 +599,23 @@ class Scope:
             wanted = [_CLOCK.c.next_at.is_(None)]
             if self.due is not None:
                 wanted.append(_CLOCK.c.next_at <= self.due)
+            sliced = self._sliced(_CLOCK.c.ticket_id)
             ranges = [
-                sa.select(_CLOCK.c.ticket_id).where(where).order_by(_CLOCK.c.next_at).subquery()
+                sa.select(_CLOCK.c.ticket_id)
+                .where(where, *sliced)
+                .order_by(_CLOCK.c.next_at)
+                .subquery()
                 for where in wanted
             ]
             found = [sa.select(part.c.ticket_id).correlate(None) for part in ranges]
             return found[0] if len(found) == 1 else sa.union_all(*found)
-        tenants = sa.select(_TICKET.c.id).where(_TICKET.c.tenant.in_(self.tenants), ACTIVE_SQL)
+        tenants = sa.select(_TICKET.c.id).where(
+            _TICKET.c.tenant.in_(self.tenants), ACTIVE_SQL, *self._sliced(_TICKET.c.id)
+        )
         return tenants.correlate(None)
+
+    def _sliced(self, ticket_id: Any) -> list[sa.ColumnElement[bool]]:
+        return [] if self.up_to is None else [ticket_id <= self.up_to]
 
     def select(self, postgres: bool, *columns: Any) -> sa.Select[Any]:
         """`columns` of the tickets in scope, from `ticket` (and on PostgreSQL its clock
@@ -617,7 +633,8 @@ class Scope:
             else [_TICKET.c.tenant.in_(self.tenants)]
         )
         source = _TICKET.join(_READ, _READ.c.ticket_id == _TICKET.c.id)
-        return sa.select(*columns).select_from(source).where(*which, ACTIVE_SQL)
+        sliced = self._sliced(_TICKET.c.id)
+        return sa.select(*columns).select_from(source).where(*which, *sliced, ACTIVE_SQL)
 
 
 # The key of the lock that lets one process at a time plan in sets (PostgreSQL)
@@ -641,6 +658,17 @@ async def count(session: AsyncSession, scope: Scope, *, at_most: int) -> int:
     return int(
         (await connection.execute(sa.select(sa.func.count()).select_from(some))).scalar_one()
     )
+
+
+async def slice_end(session: AsyncSession, scope: Scope, size: int) -> int | None:
+    """Where a pass over `scope` stops when it holds more than `size` tickets: the id of
+    its `size`-th ticket in id order (a `Scope` with that `up_to` holds the first `size`);
+    None when it holds no more than `size`."""
+    connection = await session.connection()
+    ids = scope.ids().subquery()
+    query = sa.select(ids.c[0]).order_by(ids.c[0]).offset(size - 1).limit(2)
+    found = [row[0] for row in await connection.execute(query)]
+    return found[0] if len(found) == 2 else None
 
 
 async def groups(session: AsyncSession, scope: Scope) -> list[Group]:

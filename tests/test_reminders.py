@@ -49,6 +49,7 @@ from bot.reminders import (
     plan_group,
     shortest,
 )
+from bot.scheduler import Clock as Scheduler
 from bot.tenants import Tenant, Tenants
 from storage import reminders as store
 from storage import tickets
@@ -890,11 +891,11 @@ async def test_staff_reminders_of_a_batch_cost_a_few_statements_not_a_few_per_ti
     assert (report.looked_at, report.sent) == (30, 30)
     # 30 escalations to each admin at once: one digest each
     assert [r.recipient for r in await outbox_rows(sessions)] == [str(a) for a in ADMINS]
-    # How many are unplanned (too few to plan in sets), the tickets, the claims, the
-    # outbox rows, the next looks (and the savepoint around the bulk statements); 30 one
-    # by one took over 150.
+    # Where the pass stops (its slice), how many are unplanned (too few to plan in sets),
+    # the tickets, the claims, the outbox rows, the next looks (and the savepoint around
+    # the bulk statements); 30 one by one took over 150.
     assert Counter(statements)["INSERT"] == 2 and Counter(statements)["UPDATE"] == 1
-    assert len(statements) <= 15, statements
+    assert len(statements) <= 16, statements
 
 
 def reminders_in(message: OutboundMessage) -> int:
@@ -981,6 +982,41 @@ async def test_a_catch_up_is_claimed_with_its_planning_and_each_chat_gets_one_di
         assert await next_look(sessions, ticket_id) == THU + timedelta(days=1)  # escalation 1
     clock.at += timedelta(minutes=5)
     assert (await job.run()).sent == 0
+
+
+@pytest.mark.parametrize("in_sets_from", [1, 10**9], ids=["in sets", "one by one"])
+async def test_a_catch_up_goes_in_slices_of_the_lowest_ids(
+    sessions: SessionFactory, in_sets_from: int
+) -> None:
+    """A pass looks at `slice` tickets at most, the lowest ids first, and says it left
+    more; the next goes on from there, and together they send what one pass would. (A
+    change of policy is planned in one pass: the tickets come after it here.)"""
+    job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW), in_sets_from=in_sets_from)
+    await job.adopt_policies(NOW)
+    ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(7)]
+    job.slice = 3
+    reports, planned = [], []
+    while not reports or reports[-1].more:
+        assert len(reports) < 5, "the passes do not move on"
+        reports.append(await job.run())
+        planned.append([t for t in ids if await next_look(sessions, t) is not None])
+    assert planned == [ids[:3], ids[:6], ids]
+    assert [r.more for r in reports] == [True, True, False]
+    assert [r.by_kind for r in reports] == [{"overdue": 3}, {"overdue": 3}, {"overdue": 1}]
+    async with sessions() as session:
+        claimed = sorted(r.ticket_id for r in await session.exec(select(ReminderSent)))
+    assert claimed == ids
+
+
+async def test_the_clock_runs_the_next_slice_at_once(sessions: SessionFactory) -> None:
+    """One wake of the scheduler goes through a whole catch-up, a slice a pass."""
+    scheduler = Scheduler(sessions, Tenants([PK]), now=Clock(NOW))
+    await scheduler.reminders.adopt_policies(NOW)
+    ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(7)]
+    scheduler.reminders.slice = 3
+    await scheduler.tick()
+    assert scheduler.passes == 3
+    assert [await next_look(sessions, t) is not None for t in ids] == [True] * 7
 
 
 @pytest.mark.parametrize("in_sets_from", [1, 10**9], ids=["in sets", "one by one"])
@@ -1165,14 +1201,17 @@ async def test_a_changed_reminder_policy_plans_the_open_tickets_again(
 # --- two schedulers, one PostgreSQL database ------------------------------------------
 
 
-async def _due_without_locks(session: Any, *, now: datetime, limit: int) -> list[ToPlan]:
+async def _due_without_locks(
+    session: Any, *, now: datetime, limit: int, up_to: int | None = None
+) -> list[ToPlan]:
     """`due_tickets` minus FOR UPDATE SKIP LOCKED: both schedulers see the same tickets."""
     table, clock = Ticket.__table__, TicketClock.__table__  # type: ignore[attr-defined]
     connection = await session.connection()
+    sliced = [] if up_to is None else [table.c.id <= up_to]
     result = await connection.execute(
         sa.select(*store.PLAN_COLUMNS)
         .join(clock, clock.c.ticket_id == table.c.id)
-        .where(clock.c.next_at.is_(None) | (clock.c.next_at <= now))
+        .where(clock.c.next_at.is_(None) | (clock.c.next_at <= now), *sliced)
         .order_by(table.c.id)
         .limit(limit)
     )
