@@ -685,6 +685,9 @@ class ReminderPass:
     slice: int = 20_000
     late_after: timedelta = LATE_AFTER
     _policies_adopted: bool = field(default=False, init=False, repr=False)
+    # while a change of policy is adopted a slice a pass: the tenants whose policies
+    # changed, and the id the last slice ended at (`adopt_policies`)
+    _adopting: tuple[list[Tenant], int] | None = field(default=None, init=False, repr=False)
 
     async def run(self) -> PassReport:
         """Act on what is due at this moment, up to `slice` tickets; returns what was done
@@ -693,6 +696,8 @@ class ReminderPass:
         report = PassReport()
         if not self._policies_adopted:
             await self.adopt_policies(now, report)
+            if report.more:  # a slice of the tickets planned again is this pass's work
+                return report
         async with transaction(self.sessions) as session:
             up_to = await store.slice_end(session, store.Scope(due=now), self.slice)
             await self.plan_in_sets(session, store.Scope(due=now, up_to=up_to), now, report)
@@ -767,37 +772,70 @@ class ReminderPass:
         ]
 
     async def adopt_policies(self, now: datetime, report: PassReport | None = None) -> None:
-        """Once per process, before its first pass: the open tickets of the tenants whose
+        """Before this process's regular passes: the open tickets of the tenants whose
         reminder policies are not the ones they were planned under are planned again, in
-        sets (what is due sent, into `report`), or left to the pass to plan one by one."""
+        sets (what is due sent, into `report`), a slice (`slice`) a call in id order, and
+        `report.more` says when slices are left; or they are left to the pass to plan one
+        by one. The new policies are recorded with the last slice: a process that stops
+        before then starts over, and planning again only writes what changes (a reminder
+        is claimed once whoever plans it)."""
         report = report if report is not None else PassReport()
         async with transaction(self.sessions) as session:
-            changed = [
-                tenant
-                for tenant in self.tenants
-                if await store.adopt_policy(
-                    session, tenant=tenant.slug, fingerprint=policy_fingerprint(tenant), now=now
-                )
-            ]
+            changed, after = self._adopting or (await self._changed_policies(session), 0)
             # a tenant whose deadlines move while tickets wait is planned one by one
             in_sets = tuple(t.slug for t in changed if not t.pause_while_awaiting_requester)
+            up_to = (
+                await store.slice_end(session, store.Scope(in_sets, after=after), self.slice)
+                if in_sets
+                else None
+            )
             before = report.planned
             ran = bool(in_sets) and await self.plan_in_sets(
-                session, store.Scope(in_sets), now, report
+                session, store.Scope(in_sets, after=after, up_to=up_to), now, report
             )
-            for tenant in changed:
-                if ran and tenant.slug in in_sets:
-                    log.info("clock: %s has a new reminder policy", tenant.slug)
-                    continue
-                unplanned = await store.unplan(session, tenant.slug)
-                log.info(
-                    "clock: %s has a new reminder policy; %d open tickets to plan again",
-                    tenant.slug,
-                    unplanned,
-                )
+            done = not ran or up_to is None
+            if done:
+                left = None if ran else after  # in sets up to `after`; from there, unplanned
+                await self._record_policies(session, changed, in_sets, left, now)
         if ran:
             log.info("clock: %d open tickets planned again in sets", report.planned - before)
-        self._policies_adopted = True
+        self._adopting = None if done else (changed, up_to or 0)
+        self._policies_adopted = done
+        report.more = report.more or not done
+
+    async def _changed_policies(self, session: AsyncSession) -> list[Tenant]:
+        return [
+            tenant
+            for tenant in self.tenants
+            if await store.policy_changed(
+                session, tenant=tenant.slug, fingerprint=policy_fingerprint(tenant)
+            )
+        ]
+
+    async def _record_policies(
+        self,
+        session: AsyncSession,
+        changed: list[Tenant],
+        in_sets: tuple[str, ...],
+        left_after: int | None,
+        now: datetime,
+    ) -> None:
+        """Record the tenants' new policies. The open tickets that were not planned again in
+        sets are unplanned for the passes to plan: those of `in_sets`' tenants with an id
+        above `left_after` (None: all of them were), and all the other tenants'."""
+        for tenant in changed:
+            fingerprint = policy_fingerprint(tenant)
+            await store.adopt_policy(session, tenant=tenant.slug, fingerprint=fingerprint, now=now)
+            if tenant.slug in in_sets and left_after is None:
+                log.info("clock: %s has a new reminder policy", tenant.slug)
+                continue
+            after = left_after if tenant.slug in in_sets and left_after else 0
+            unplanned = await store.unplan(session, tenant.slug, after=after)
+            log.info(
+                "clock: %s has a new reminder policy; %d open tickets to plan again",
+                tenant.slug,
+                unplanned,
+            )
 
     async def _batch(
         self, session: AsyncSession, tickets: list[store.ToPlan], now: datetime, report: PassReport

@@ -257,9 +257,22 @@ async def adopt_policy(
     return (await connection.execute(statement)).first() is not None
 
 
-async def unplan(session: AsyncSession, tenant: str) -> int:
-    """Unplan `tenant`'s open tickets for the next pass to plan; how many."""
-    open_tickets = sa.select(_TICKET.c.id).where(_TICKET.c.tenant == tenant, ACTIVE_SQL)
+async def policy_changed(session: AsyncSession, *, tenant: str, fingerprint: str) -> bool:
+    """Whether `tenant`'s tickets were planned under another policy than `fingerprint`
+    (or under none yet); `adopt_policy` records the new one."""
+    connection = await session.connection()
+    found = await connection.execute(
+        sa.select(_POLICY.c.fingerprint).where(_POLICY.c.tenant == tenant)
+    )
+    return found.scalar_one_or_none() != fingerprint
+
+
+async def unplan(session: AsyncSession, tenant: str, *, after: int = 0) -> int:
+    """Unplan `tenant`'s open tickets (those with an id above `after`) for the next pass
+    to plan; how many."""
+    open_tickets = sa.select(_TICKET.c.id).where(
+        _TICKET.c.tenant == tenant, ACTIVE_SQL, _TICKET.c.id > after
+    )
     connection = await session.connection()
     unplanned = await connection.execute(
         sa.update(_CLOCK)
@@ -577,11 +590,12 @@ class Piece:
 class Scope:
     """The tickets one planning in sets covers: the unplanned ones (and those whose next
     look has come by `due`), or every open ticket of the `tenants` whose policies changed;
-    of those, with `up_to`, only the tickets whose id is not above it (a pass's slice,
-    `slice_end`)."""
+    of those, only the tickets whose id is above `after` and not above `up_to` (a pass's
+    slice, `slice_end`)."""
 
     tenants: tuple[str, ...] | None = None
     due: datetime | None = None
+    after: int = 0
     up_to: int | None = None
 
     def _looked_at(self, clock: Any) -> sa.ColumnElement[bool]:
@@ -615,7 +629,8 @@ class Scope:
         return tenants.correlate(None)
 
     def _sliced(self, ticket_id: Any) -> list[sa.ColumnElement[bool]]:
-        return [] if self.up_to is None else [ticket_id <= self.up_to]
+        above = [ticket_id > self.after] if self.after else []
+        return above if self.up_to is None else [*above, ticket_id <= self.up_to]
 
     def select(self, postgres: bool, *columns: Any) -> sa.Select[Any]:
         """`columns` of the tickets in scope, from `ticket` (and on PostgreSQL its clock

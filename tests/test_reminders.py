@@ -47,6 +47,7 @@ from bot.reminders import (
     occurrence,
     plan,
     plan_group,
+    policy_fingerprint,
     shortest,
 )
 from bot.scheduler import Clock as Scheduler
@@ -989,8 +990,8 @@ async def test_a_catch_up_goes_in_slices_of_the_lowest_ids(
     sessions: SessionFactory, in_sets_from: int
 ) -> None:
     """A pass looks at `slice` tickets at most, the lowest ids first, and says it left
-    more; the next goes on from there, and together they send what one pass would. (A
-    change of policy is planned in one pass: the tickets come after it here.)"""
+    more; the next goes on from there, and together they send what one pass would. (The
+    tickets come after the policy is adopted: the regular passes' slices, not adoption's.)"""
     job = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW), in_sets_from=in_sets_from)
     await job.adopt_policies(NOW)
     ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(7)]
@@ -1003,6 +1004,48 @@ async def test_a_catch_up_goes_in_slices_of_the_lowest_ids(
     assert planned == [ids[:3], ids[:6], ids]
     assert [r.more for r in reports] == [True, True, False]
     assert [r.by_kind for r in reports] == [{"overdue": 3}, {"overdue": 3}, {"overdue": 1}]
+    async with sessions() as session:
+        claimed = sorted(r.ticket_id for r in await session.exec(select(ReminderSent)))
+    assert claimed == ids
+
+
+async def _passes(job: ReminderPass) -> list[PassReport]:
+    """Passes until one leaves nothing, as the scheduler runs them (`Clock.tick`)."""
+    reports = [await job.run()]
+    while reports[-1].more:
+        assert len(reports) < 10, "the passes do not move on"
+        reports.append(await job.run())
+    return reports
+
+
+async def test_a_new_policy_is_adopted_a_slice_a_pass_and_recorded_with_the_last(
+    sessions: SessionFactory,
+) -> None:
+    """A tenant whose policy changed has its open tickets planned again a slice a pass;
+    the policy is recorded with the last slice only, so a process that stops before then
+    starts over, and sends nothing twice."""
+    ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(7)]
+
+    def job() -> ReminderPass:
+        found = ReminderPass(sessions, Tenants([PK]), now=Clock(NOW), in_sets_from=1)
+        found.slice = 3
+        return found
+
+    async def recorded() -> bool:
+        async with sessions() as session:
+            fingerprint = policy_fingerprint(PK)
+            return not await store.policy_changed(session, tenant=PK.slug, fingerprint=fingerprint)
+
+    stopped = job()
+    first = await stopped.run()
+    assert (first.more, first.planned, first.by_kind) == (True, 3, {"overdue": 3})
+    assert [t for t in ids if await next_look(sessions, t) is not None] == ids[:3]
+    assert not await recorded()
+
+    reports = await _passes(job())  # the next process starts over
+    assert [r.by_kind for r in reports] == [{}, {"overdue": 3}, {"overdue": 1}]
+    assert [await next_look(sessions, t) is not None for t in ids] == [True] * 7
+    assert await recorded()
     async with sessions() as session:
         claimed = sorted(r.ticket_id for r in await session.exec(select(ReminderSent)))
     assert claimed == ids
