@@ -696,7 +696,10 @@ class ReminderPass:
         report = PassReport()
         if not self._policies_adopted:
             await self.adopt_policies(now, report)
-            if report.more:  # a slice of the tickets planned again is this pass's work
+            if report.more or report.planned:
+                # planning tickets again was this pass's work; the regular pass follows
+                # at once (`Clock.tick`)
+                report.more = True
                 return report
         async with transaction(self.sessions) as session:
             up_to = await store.slice_end(session, store.Scope(due=now), self.slice)
