@@ -678,7 +678,11 @@ async def count(session: AsyncSession, scope: Scope, *, at_most: int) -> int:
 async def slice_end(session: AsyncSession, scope: Scope, size: int) -> int | None:
     """Where a pass over `scope` stops when it holds more than `size` tickets: the id of
     its `size`-th ticket in id order (a `Scope` with that `up_to` holds the first `size`);
-    None when it holds no more than `size`."""
+    None when it holds no more than `size`. Counted first, on the index, as the regular
+    pass finds few: in id order SQLite reads the whole clock table (≈ 10 ms at 100,000
+    open tickets, a pass's p95 9.6 -> 21.6 ms in `bench.scale`)."""
+    if await count(session, scope, at_most=size + 1) <= size:
+        return None
     connection = await session.connection()
     ids = scope.ids().subquery()
     query = sa.select(ids.c[0]).order_by(ids.c[0]).offset(size - 1).limit(2)
