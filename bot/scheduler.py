@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 PASS_INTERVAL = timedelta(seconds=15)
 MIN_GAP = timedelta(milliseconds=500)  # a precise wake never comes sooner than this
+# Passes one wake runs back to back at most: a catch-up's slices (`ReminderPass.slice`:
+# 2,000,000 tickets), and a bound should a slice keep coming back (its tickets held by
+# another process)
+MAX_PASSES_AT_ONCE = 100
 RETENTION_INTERVAL = timedelta(hours=1)
 RETENTION_FIRST = timedelta(minutes=1)  # not in the way of a start-up
 COUNTS_INTERVAL = timedelta(seconds=30)  # folds the admin list's per-status counts
@@ -141,17 +145,19 @@ class Clock:
             return
         async with self._lock:
             wake: datetime | None = None
-            while True:
+            for passes in range(1, MAX_PASSES_AT_ONCE + 1):
                 self._again = False
                 wake, more = await self._pass()
-                if not (self._again or more) or self._stopping:
+                if self._stopping or not (self._again or more):
                     break
+                if passes == MAX_PASSES_AT_ONCE:  # the regular run goes on from there
+                    log.warning("clock: %d passes in a row; the next run goes on", passes)
         self._wake_at(wake)
 
     async def _pass(self) -> tuple[datetime | None, bool]:
         """One pass: the next planned look, and whether the pass left tickets to look at
-        (a catch-up goes in slices, `ReminderPass.slice`) and moved on, so that another
-        pass should follow at once."""
+        (a catch-up goes in slices, `ReminderPass.slice`), so that another pass should
+        follow at once."""
         try:
             report = await self.reminders.run()
             async with self._sessions() as session:
@@ -160,8 +166,7 @@ class Clock:
             log.exception("clock pass failed; the next pass tries again")
             return None, False
         self.passes += 1
-        moved = bool(report.planned or report.looked_at)
-        return wake, report.more and moved
+        return wake, report.more
 
     def _wake_at(self, wake: datetime | None) -> None:
         """Add a one-off run at `wake` when the regular run would come later."""

@@ -239,8 +239,9 @@ async def fill_summaries(session: AsyncSession, summaries: Mapping[int, Summary]
 async def adopt_policy(
     session: AsyncSession, *, tenant: str, fingerprint: str, now: datetime
 ) -> bool:
-    """Record that `tenant`'s tickets are planned under `fingerprint`; True when that is
-    new: its open tickets must then be planned again, in the same transaction.
+    """Record that `tenant`'s tickets are planned under `fingerprint` (`policy_changed`
+    said they were not, and they have been planned again or unplanned in this
+    transaction); True when that changed the record.
 
     INSERT … ON CONFLICT DO UPDATE … WHERE the fingerprint differs, RETURNING: a row comes
     back only to the process that changed it (on PostgreSQL a second one starting at the

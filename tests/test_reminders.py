@@ -65,6 +65,7 @@ from storage.db import (
 from storage.enums import CLOSED_STATUSES, TicketStatus
 from storage.history import Summary, summarize
 from storage.models import (
+    ClockPolicy,
     Conversation,
     OutboundMessage,
     ReminderSent,
@@ -1049,6 +1050,26 @@ async def test_a_new_policy_is_adopted_a_slice_a_pass_and_recorded_with_the_last
     async with sessions() as session:
         claimed = sorted(r.ticket_id for r in await session.exec(select(ReminderSent)))
     assert claimed == ids
+
+
+async def test_the_clock_adopts_a_policy_in_slices_that_change_nothing(
+    sessions: SessionFactory,
+) -> None:
+    """One wake goes through every slice of an adoption, even slices whose plans stay
+    as they were (nothing written), then records the policy."""
+    ids = [await file_ticket(sessions, PK, received=OPEN_SINCE, due_at=THU) for _ in range(7)]
+    await _passes(ReminderPass(sessions, Tenants([PK]), now=Clock(OPEN_SINCE)))
+    looks = [await next_look(sessions, t) for t in ids]
+    async with transaction(sessions) as session:  # as if the policy had changed
+        await session.exec(sa.delete(ClockPolicy))  # type: ignore[call-overload]
+    scheduler = Scheduler(sessions, Tenants([PK]), now=Clock(OPEN_SINCE))
+    scheduler.reminders.slice = 3
+    await scheduler.tick()
+    assert scheduler.passes == 3  # three slices (the last with the regular pass: none wrote)
+    assert [await next_look(sessions, t) for t in ids] == looks
+    async with sessions() as session:
+        fingerprint = policy_fingerprint(PK)
+        assert not await store.policy_changed(session, tenant=PK.slug, fingerprint=fingerprint)
 
 
 async def test_the_clock_runs_the_next_slice_at_once(sessions: SessionFactory) -> None:
